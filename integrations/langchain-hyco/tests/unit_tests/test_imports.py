@@ -1,0 +1,11 @@
+import langchain_hyco
+
+EXPECTED_ALL = {
+    "__version__",
+}
+
+
+def test_all_imports() -> None:
+    assert set(langchain_hyco.__all__) == EXPECTED_ALL
+    for name in langchain_hyco.__all__:
+        assert getattr(langchain_hyco, name) is not None

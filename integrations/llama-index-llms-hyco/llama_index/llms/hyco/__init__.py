@@ -1,0 +1,3 @@
+"""LlamaIndex llms of hyco-rag."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""LlamaIndex postprocessor of hyco-rag."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""LlamaIndex retrievers of hyco-rag."""
+
+__all__: list[str] = []

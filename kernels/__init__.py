@@ -1,0 +1,1 @@
+REFERENCE = 1
