@@ -54,6 +54,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
     """Write ``payload`` as pretty JSON to ``path`` atomically."""
     path = Path(path)
@@ -63,6 +69,7 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(_jsonable(payload), stream, indent=2, ensure_ascii=False)
             stream.write("\n")
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; results are for everyone
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -1,5 +1,6 @@
 """QA data: one schema for every shared dataset, and the demo corpus shipped in the package."""
 
+from hyco_rag.data.demo import DemoQuestion, load_demo_corpus, load_demo_questions
 from hyco_rag.data.loaders import (
     LOADERS,
     SQUAD_DEV,
@@ -23,6 +24,7 @@ __all__ = [
     "SQUAD_TRAIN",
     "AnswerSpan",
     "DataNotFoundError",
+    "DemoQuestion",
     "Passage",
     "QAExample",
     "SquadParagraph",
@@ -30,6 +32,8 @@ __all__ = [
     "load_2wikimultihopqa",
     "load_corpus",
     "load_dataset",
+    "load_demo_corpus",
+    "load_demo_questions",
     "load_hotpotqa",
     "load_musique",
     "load_squad",

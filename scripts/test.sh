@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up the development environment and run everything CI checks: the test suite (core,
+# integrations, Triton kernels under the interpreter), the example notebooks, and the docs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh dev
+venv=${HYCO_RAG_VENV:-.venv}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false NO_MKDOCS_2_WARNING=1
+
+"$venv/bin/python" -c "import hyco_rag" # the core imports on its own
+# One pytest run (one closing summary): unit tests, integration packages, example notebooks.
+if [ "$#" -eq 0 ]; then set -- tests integrations examples; fi
+"$venv/bin/python" -m pytest -q --nbmake "$@"
+"$venv/bin/mkdocs" build --strict --quiet --site-dir "$(mktemp -d)"

@@ -1,0 +1,46 @@
+"""The command line: the command tree, the demo end to end, and clear errors."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from hyco_rag.cli import COMMANDS, build_parser, main
+from hyco_rag.cli._pending import pending
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in COMMANDS)
+
+
+def test_train_has_the_three_pipelines():
+    parser = build_parser()
+    for pipeline in ("compressor", "prag", "translator"):
+        args = parser.parse_args(["train", pipeline])
+        assert args.pipeline == pipeline and callable(args.handler)
+
+
+def test_pending_handler_fails_loudly(capsys):
+    handler = pending("something", 42)
+    assert handler(argparse.Namespace(command="x")) == 3
+    assert "issue #42" in capsys.readouterr().err
+
+
+def test_demo_runs_a_real_rag_pass(capsys, smollm2):
+    assert main(["demo", "--questions", "2", "-k", "2", "--quiet", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Q: ") == 2 and "context tokens: " in out
+    tokens = [int(line.split("context tokens: ")[1].split()[0]) for line in out.splitlines() if "context tokens: " in line]
+    assert all(t > 50 for t in tokens)  # two real passages went into each prompt
+
+
+def test_bad_arguments_give_a_clear_error(capsys):
+    assert main(["demo", "-k", "0", "--quiet"]) == 2
+    assert "k must be >= 1" in capsys.readouterr().err
+    assert main(["bench", "no_such_benchmark"]) == 2
+    assert "no benchmark named" in capsys.readouterr().err

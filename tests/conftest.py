@@ -1,0 +1,37 @@
+"""Shared fixtures: the embedded default models, loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the embedded SmolLM2-135M-Instruct on CPU, fp32."""
+    from hyco_rag.models import load_causal_lm
+
+    return load_causal_lm(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The embedded all-MiniLM-L6-v2 SentenceTransformer on CPU."""
+    from hyco_rag.models import load_sentence_encoder
+
+    return load_sentence_encoder(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The shared QA data folder; tests that need it skip with the reason when it is absent."""
+    from hyco_rag.data import DataNotFoundError, shared_data_dir
+
+    try:
+        return shared_data_dir()
+    except DataNotFoundError as error:
+        pytest.skip(f"shared QA data not available: {error}")
