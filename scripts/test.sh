@@ -9,6 +9,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false NO_M
 
 "$venv/bin/python" -c "import hyco_rag" # the core imports on its own
 # One pytest run (one closing summary): unit tests, integration packages, example notebooks.
-if [ "$#" -eq 0 ]; then set -- tests integrations examples; fi
+if [ "$#" -eq 0 ]; then
+    for path in tests integrations examples; do [ -e "$path" ] && set -- "$@" "$path"; done
+fi
 "$venv/bin/python" -m pytest -q --nbmake "$@"
 "$venv/bin/mkdocs" build --strict --quiet --site-dir "$(mktemp -d)"
