@@ -1,0 +1,375 @@
+"""The parameter translator: a hypernetwork from a passage embedding to LoRA factors.
+
+DyPRAG trains one independent two-layer MLP per (module, layer): 3 * L of them, 38M-138M
+parameters for 1B-8B backbones.  Ours keeps the same input/output contract with a shared trunk:
+
+    z        = trunk(LayerNorm(e))                          shared by every target   [p]
+    z_t      = GELU(z * (1 + gamma_t) + beta_t)             FiLM per target (layer l, type m)
+    A_t      = A0_t + head^A_m(z_t).view(r, in_m)           head shared by all layers of type m
+    B_t      = B0_t + head^B_m(z_t).view(out_m, r)
+
+``A0_t, B0_t`` is a per-target static delta: the part of the per-passage LoRAs common to all
+passages (initialised to their mean before stage 2), so the heads only model what depends on
+the passage.  For SmolLM2-135M (r = 2, p = 32) that is ~0.8M parameters, ~3 MB in fp32.
+
+Saved as ``config.json`` + ``model.safetensors``; the config records the base model's identity
+(name, architecture sizes, every target's shape and an embedding-weight fingerprint), and
+:meth:`ParameterTranslator.check_compatible` refuses a model that differs, or a rank that
+differs from the one requested, with an error that says which.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from hyco_rag.dyprag.config import DeltaConfig
+from hyco_rag.dyprag.delta import LoRADelta
+from hyco_rag.dyprag.injection import find_target_modules, layer_index, module_type
+from hyco_rag.results import _umask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_NAME = "hyco-rag-parameter-translator"
+FORMAT_VERSION = 1
+#: Relative L2 distance of the embedding fingerprint above which a model counts as "another".
+FINGERPRINT_TOLERANCE = 0.05
+#: Where the shipped default translator lives (for the embedded SmolLM2-135M-Instruct).
+DEFAULT_TRANSLATOR_DIR = Path(__file__).resolve().parent.parent / "resources" / "translator"
+
+
+class TranslatorMismatchError(ValueError):
+    """The translator was made for another model, or for another rank / target set."""
+
+
+def _fingerprint(model: nn.Module, rows: int = 16, dims: int = 16) -> list[float]:
+    """A few embedding-matrix entries: distinguishes differently trained weights of equal shape."""
+    weight = model.get_input_embeddings().weight.detach()
+    index = torch.linspace(0, weight.shape[0] - 1, rows).long().to(weight.device)
+    probe = weight.index_select(0, index)[:, :dims].float().flatten().cpu()
+    return [round(float(v), 6) for v in probe]
+
+
+def model_identity(model: PreTrainedModel, delta_config: DeltaConfig) -> dict[str, object]:
+    """What a translator records about the model it was trained for."""
+    cfg = model.config
+    targets = find_target_modules(model, delta_config)
+    name = str(getattr(cfg, "_name_or_path", "") or getattr(model, "name_or_path", ""))
+    return {
+        "name": Path(name).name if os.sep in name else name,  # a local folder's path is machine-specific
+        "model_type": getattr(cfg, "model_type", ""),
+        "hidden_size": int(getattr(cfg, "hidden_size", 0)),
+        "num_hidden_layers": int(getattr(cfg, "num_hidden_layers", 0)),
+        "intermediate_size": int(getattr(cfg, "intermediate_size", 0) or 0),
+        "vocab_size": int(getattr(cfg, "vocab_size", 0)),
+        "targets": {name: [m.in_features, m.out_features] for name, m in targets.items()},
+        "fingerprint": _fingerprint(model),
+    }
+
+
+@dataclass
+class TranslatorConfig:
+    """Shape of a translator and the identity of the model it serves.
+
+    ``targets`` maps every target module name to ``[in_features, out_features]``.
+    """
+
+    input_dim: int
+    targets: dict[str, list[int]]
+    rank: int = 2
+    hidden_dim: int = 32
+    delta: dict[str, object] = field(default_factory=lambda: DeltaConfig().to_dict())
+    base_model: dict[str, object] = field(default_factory=dict)
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT_NAME:
+            raise ValueError(f"not a translator config (format {self.format!r}, expected {FORMAT_NAME!r})")
+        if self.version > FORMAT_VERSION:
+            raise ValueError(f"translator format version {self.version} is newer than this hyco-rag ({FORMAT_VERSION})")
+        if self.input_dim < 1 or self.hidden_dim < 1 or self.rank < 1:
+            raise ValueError(f"input_dim, hidden_dim and rank must be positive, got {self.input_dim}, {self.hidden_dim}, {self.rank}")
+        if not self.targets:
+            raise ValueError("a translator needs at least one target module")
+        for name, shape in self.targets.items():
+            if len(shape) != 2 or min(shape) < 1:
+                raise ValueError(f"targets[{name!r}] must be [in_features, out_features], got {shape}")
+        types: dict[str, tuple[int, int]] = {}
+        for name, shape in self.targets.items():
+            known = types.setdefault(module_type(name), (shape[0], shape[1]))
+            if known != (shape[0], shape[1]):
+                raise ValueError(f"modules of type {module_type(name)!r} differ in shape: {known} vs {tuple(shape)}")
+        delta = DeltaConfig.from_dict(dict(self.delta))
+        if delta.rank != self.rank:
+            raise ValueError(f"delta config rank {delta.rank} != translator rank {self.rank}")
+
+    @property
+    def delta_config(self) -> DeltaConfig:
+        return DeltaConfig.from_dict(dict(self.delta))
+
+    @property
+    def module_types(self) -> dict[str, tuple[int, int]]:
+        """``type -> (in, out)`` in first-seen order (``gate_proj``, ``up_proj``, ...)."""
+        types: dict[str, tuple[int, int]] = {}
+        for name, (i, o) in self.targets.items():
+            types.setdefault(module_type(name), (i, o))
+        return types
+
+    @classmethod
+    def for_model(
+        cls, model: PreTrainedModel, delta_config: DeltaConfig | None = None, *, hidden_dim: int = 32
+    ) -> TranslatorConfig:
+        delta_config = delta_config or DeltaConfig()
+        identity = model_identity(model, delta_config)
+        return cls(
+            input_dim=int(model.config.hidden_size),
+            targets=dict(identity["targets"]),  # type: ignore[arg-type]
+            rank=delta_config.rank,
+            hidden_dim=hidden_dim,
+            delta=delta_config.to_dict(),
+            base_model=identity,
+        )
+
+
+class ParameterTranslator(nn.Module):
+    """Passage embedding ``[N, D]`` -> LoRA factors for every target module.
+
+    Use :meth:`translate` at serving time (no grad, returns :class:`LoRADelta` objects) and
+    :meth:`forward` in training (differentiable ``name -> (A [N, r, in], B [N, out, r])``).
+    """
+
+    def __init__(self, config: TranslatorConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, p, r = config.input_dim, config.hidden_dim, config.rank
+        self.names = list(config.targets)
+        self.types = list(config.module_types)
+        # Targets of each type, in name order, and their row in the per-target tables.
+        self.type_targets: dict[str, list[int]] = {t: [] for t in self.types}
+        for index, name in enumerate(self.names):
+            self.type_targets[module_type(name)].append(index)
+        self.norm = nn.LayerNorm(d)
+        self.trunk = nn.Sequential(nn.Linear(d, p), nn.GELU(), nn.Linear(p, p))
+        self.film_gamma = nn.Parameter(torch.zeros(len(self.names), p))
+        self.film_beta = nn.Parameter(torch.zeros(len(self.names), p))
+        self.head_a = nn.ModuleDict()
+        self.head_b = nn.ModuleDict()
+        self.base_a = nn.ParameterDict()
+        self.base_b = nn.ParameterDict()
+        for t, (i, o) in config.module_types.items():
+            count = len(self.type_targets[t])
+            self.head_a[t] = nn.Linear(p, r * i, bias=False)
+            self.head_b[t] = nn.Linear(p, o * r, bias=False)
+            self.base_a[t] = nn.Parameter(torch.zeros(count, r, i))
+            self.base_b[t] = nn.Parameter(torch.zeros(count, o, r))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Small heads, zero static delta, FiLM at identity; layer indices break the symmetry."""
+        generator = torch.Generator().manual_seed(0)
+        for t in self.types:
+            for head in (self.head_a[t], self.head_b[t]):
+                nn.init.normal_(head.weight, std=1e-3 / math.sqrt(self.config.hidden_dim), generator=generator)
+            nn.init.zeros_(self.base_a[t])
+            nn.init.zeros_(self.base_b[t])
+        layers = torch.tensor([layer_index(n) for n in self.names], dtype=torch.float32)
+        span = max(1.0, float(layers.max()))
+        with torch.no_grad():
+            self.film_gamma.zero_()
+            # A fixed sinusoid of the layer index in beta: heads start layer-aware.
+            freqs = torch.arange(self.config.hidden_dim, dtype=torch.float32) / self.config.hidden_dim
+            self.film_beta.copy_(0.1 * torch.sin(layers[:, None] / span * math.pi * (1 + 4 * freqs)[None, :]))
+
+    @property
+    def rank(self) -> int:
+        return self.config.rank
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, embeddings: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``[N, D]`` embeddings -> ``name -> (A [N, r, in], B [N, out, r])`` (differentiable)."""
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.config.input_dim:
+            raise ValueError(f"embeddings must be [N, {self.config.input_dim}], got {tuple(embeddings.shape)}")
+        weight = self.trunk[0].weight
+        z = self.trunk(self.norm(embeddings.to(device=weight.device, dtype=weight.dtype)))  # [N, p]
+        r = self.config.rank
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for t in self.types:
+            rows = self.type_targets[t]
+            index = torch.tensor(rows, device=z.device)
+            zt = nn.functional.gelu(
+                z[:, None, :] * (1 + self.film_gamma.index_select(0, index))[None] + self.film_beta.index_select(0, index)[None]
+            )  # [N, L_t, p]
+            i, o = self.config.module_types[t]
+            a = self.head_a[t](zt).view(z.shape[0], len(rows), r, i) + self.base_a[t][None]
+            b = self.head_b[t](zt).view(z.shape[0], len(rows), o, r) + self.base_b[t][None]
+            for k, target in enumerate(rows):
+                out[self.names[target]] = (a[:, k], b[:, k])
+        return out
+
+    @torch.no_grad()
+    def translate(self, embeddings: torch.Tensor) -> list[LoRADelta]:
+        """One :class:`LoRADelta` per embedding (serving path, no autograd)."""
+        factors = self.forward(embeddings)
+        scaling = float(self.config.delta_config.scaling)
+        return [
+            LoRADelta({name: (a[n], b[n]) for name, (a, b) in factors.items()}, scaling)
+            for n in range(embeddings.shape[0])
+        ]
+
+    @torch.no_grad()
+    def init_static_delta(self, targets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Set ``A0, B0`` to the mean of collected per-passage LoRAs (``name -> ([N,r,in], [N,out,r])``)."""
+        for t in self.types:
+            for k, index in enumerate(self.type_targets[t]):
+                a, b = targets[self.names[index]]
+                self.base_a[t][k].copy_(a.float().mean(0))
+                self.base_b[t][k].copy_(b.float().mean(0))
+
+    # ------------------------------------------------------------------ compatibility
+
+    def check_compatible(self, model: PreTrainedModel, delta_config: DeltaConfig | None = None) -> None:
+        """Raise :class:`TranslatorMismatchError` unless ``model`` is the one this was trained for.
+
+        Checks architecture sizes, the name and shape of every target module, the embedding
+        fingerprint (catches same-shape models with other weights), and the rank (and target
+        set) of ``delta_config`` when given.
+        """
+        expected = self.config.base_model
+        label = expected.get("name") or "its training model"
+        if delta_config is not None:
+            if delta_config.rank != self.config.rank:
+                raise TranslatorMismatchError(
+                    f"the translator produces rank-{self.config.rank} deltas but rank {delta_config.rank} was "
+                    "requested; use DeltaConfig(rank=%d) or a translator trained for that rank" % self.config.rank
+                )
+        config = self.config.delta_config if delta_config is None else delta_config
+        try:
+            found = model_identity(model, config)
+        except ValueError as error:
+            raise TranslatorMismatchError(f"the translator's target modules do not exist in this model: {error}") from error
+        for key in ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"):
+            if key in expected and expected[key] != found[key]:
+                raise TranslatorMismatchError(
+                    f"this translator was trained for {label} ({key}={expected[key]}), but the model "
+                    f"has {key}={found[key]}; train a translator for this model (hyco-rag train prag/translator)"
+                )
+        if set(found["targets"]) != set(self.config.targets):  # type: ignore[arg-type]
+            missing = sorted(set(self.config.targets) - set(found["targets"]))[:3]  # type: ignore[arg-type]
+            extra = sorted(set(found["targets"]) - set(self.config.targets))[:3]  # type: ignore[arg-type]
+            raise TranslatorMismatchError(
+                f"target modules differ from the translator's (missing in model: {missing}, "
+                f"not covered by translator: {extra})"
+            )
+        for name, shape in self.config.targets.items():
+            if list(found["targets"][name]) != list(shape):  # type: ignore[index]
+                raise TranslatorMismatchError(
+                    f"module {name!r} is {found['targets'][name]} (in, out) in this model but "  # type: ignore[index]
+                    f"{shape} in the model the translator was trained for ({label})"
+                )
+        if expected.get("fingerprint"):
+            ref = torch.tensor(expected["fingerprint"], dtype=torch.float32)  # type: ignore[arg-type]
+            got = torch.tensor(found["fingerprint"], dtype=torch.float32)  # type: ignore[arg-type]
+            distance = float((ref - got).norm() / ref.norm().clamp_min(1e-12)) if ref.shape == got.shape else math.inf
+            if distance > FINGERPRINT_TOLERANCE:
+                raise TranslatorMismatchError(
+                    f"this translator was trained for {label}, but the model's weights differ (embedding "
+                    f"fingerprint distance {distance:.3f} > {FINGERPRINT_TOLERANCE}): same shapes, another model"
+                )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each atomically)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: value.detach().float().cpu().contiguous() for name, value in self.state_dict().items()}
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; shipped weights are for everyone
+            os.replace(tmp, directory / WEIGHTS_NAME)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        from hyco_rag.results import write_json_atomic
+
+        write_json_atomic(directory / CONFIG_NAME, asdict(self.config))
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        model: PreTrainedModel | None = None,
+        delta_config: DeltaConfig | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> ParameterTranslator:
+        """Load a saved translator (default: the shipped one for SmolLM2-135M-Instruct).
+
+        With ``model`` (and optionally ``delta_config``), :meth:`check_compatible` runs first.
+
+        Raises:
+            FileNotFoundError: no translator in ``directory``.
+            TranslatorMismatchError: saved for another model / rank, or weights that do not
+                match the config.
+        """
+        from safetensors import safe_open
+
+        directory = Path(directory) if directory is not None else DEFAULT_TRANSLATOR_DIR
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not config_path.is_file() or not weights_path.is_file():
+            raise FileNotFoundError(
+                f"no translator at {directory} (expected {CONFIG_NAME} and {WEIGHTS_NAME}); train one with "
+                "`hyco-rag train prag` then `hyco-rag train translator`"
+            )
+        with config_path.open(encoding="utf-8") as handle:
+            data = json.load(handle)
+        try:
+            config = TranslatorConfig(**data)
+        except TypeError as error:
+            raise ValueError(f"{config_path} is not a translator config: {error}") from error
+        translator = cls(config)
+        with safe_open(str(weights_path), framework="pt", device="cpu") as handle:
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+        expected = translator.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise TranslatorMismatchError(f"{weights_path} does not match its config: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        for key, value in state.items():
+            if tuple(value.shape) != tuple(expected[key].shape):
+                raise TranslatorMismatchError(
+                    f"{weights_path}: tensor {key!r} is {tuple(value.shape)} but the config (rank "
+                    f"{config.rank}, hidden_dim {config.hidden_dim}) needs {tuple(expected[key].shape)}"
+                )
+        translator.load_state_dict(state)
+        translator.to(map_location).eval()
+        if model is not None:
+            translator.check_compatible(model, delta_config)
+        return translator
+
+
+def combine_deltas(deltas: Sequence[LoRADelta], mode: str = "mean") -> LoRADelta:
+    """Exact sum/mean of passage deltas (see :meth:`LoRADelta.combine`)."""
+    return LoRADelta.combine(deltas, mode)
