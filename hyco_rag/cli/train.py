@@ -16,6 +16,7 @@ PIPELINES = {
 
 #: built pipelines: name -> module whose ``configure(name, parser)`` adds arguments and handler.
 BUILT = {
+    "compressor": "hyco_rag.cli.train_compressor",
     "prag": "hyco_rag.cli.train_dyprag",
     "translator": "hyco_rag.cli.train_dyprag",
 }

@@ -1,0 +1,55 @@
+"""What a compression returns: one `CompressedPassage` per input document, plus run stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CompressedPassage:
+    """One compressed document.
+
+    ``index`` is the document's position in the input; ``kept_spans`` are the character spans
+    of the *original* text whose units were kept (adjacent kept units merge into one span);
+    ``ratio`` is ``compressed_tokens / original_tokens`` (1.0 for an empty original);
+    ``relevance`` is the model's probability that the passage holds what the query needs;
+    ``dropped`` is True when nothing of the passage was kept and ``drop_empty`` was set.
+    """
+
+    index: int
+    text: str
+    original_tokens: int
+    compressed_tokens: int
+    ratio: float
+    relevance: float
+    kept_spans: list[tuple[int, int]] = field(default_factory=list)
+    dropped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "text": self.text,
+            "original_tokens": self.original_tokens,
+            "compressed_tokens": self.compressed_tokens,
+            "ratio": self.ratio,
+            "relevance": self.relevance,
+            "kept_spans": [list(span) for span in self.kept_spans],
+            "dropped": self.dropped,
+        }
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """The passages (input order unless ``reorder=True``) and the run's stats."""
+
+    passages: list[CompressedPassage]
+    stats: dict[str, Any]
+
+    @property
+    def texts(self) -> list[str]:
+        """Compressed texts in output order; a dropped passage gives ``""``."""
+        return ["" if passage.dropped else passage.text for passage in self.passages]
+
+    def __len__(self) -> int:
+        return len(self.passages)
