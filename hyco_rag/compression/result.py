@@ -38,6 +38,22 @@ class CompressedPassage:
             "dropped": self.dropped,
         }
 
+    def stats(self, index: int | None = None) -> dict[str, Any]:
+        """Plain, JSON-serialisable stats for a document's metadata (no text, ``index`` overridable).
+
+        The integrations store this under ``metadata["hyco"]``; pass ``index`` when the
+        caller's position differs from the compressor's input position (e.g. nodes without
+        text were skipped).
+        """
+        return {
+            "index": int(self.index if index is None else index),
+            "original_tokens": int(self.original_tokens),
+            "compressed_tokens": int(self.compressed_tokens),
+            "ratio": float(self.ratio),
+            "relevance": float(self.relevance),
+            "kept_spans": [[int(start), int(end)] for start, end in self.kept_spans],
+        }
+
 
 @dataclass(frozen=True)
 class CompressionResult:

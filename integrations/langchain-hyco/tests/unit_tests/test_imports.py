@@ -1,6 +1,9 @@
 import langchain_hyco
 
 EXPECTED_ALL = {
+    "ChatHyCo",
+    "HyCoCompressor",
+    "HyCoRetriever",
     "__version__",
 }
 

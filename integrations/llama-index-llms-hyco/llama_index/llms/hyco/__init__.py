@@ -1,3 +1,5 @@
 """LlamaIndex llms of hyco-rag."""
 
-__all__: list[str] = []
+from llama_index.llms.hyco.base import DocumentBinding, HyCoLLM, bind_documents, current_binding
+
+__all__: list[str] = ["DocumentBinding", "HyCoLLM", "bind_documents", "current_binding"]

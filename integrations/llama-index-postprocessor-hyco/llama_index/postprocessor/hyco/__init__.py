@@ -1,3 +1,6 @@
 """LlamaIndex postprocessor of hyco-rag."""
 
-__all__: list[str] = []
+from llama_index.postprocessor.hyco.base import HyCoNodePostprocessor
+from llama_index.postprocessor.hyco.parametric import DyPRAGNodePostprocessor
+
+__all__: list[str] = ["DyPRAGNodePostprocessor", "HyCoNodePostprocessor"]

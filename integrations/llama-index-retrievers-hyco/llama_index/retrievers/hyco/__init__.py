@@ -1,3 +1,5 @@
 """LlamaIndex retrievers of hyco-rag."""
 
-__all__: list[str] = []
+from llama_index.retrievers.hyco.base import HyCoRetriever
+
+__all__: list[str] = ["HyCoRetriever"]
