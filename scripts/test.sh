@@ -12,5 +12,5 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false NO_M
 if [ "$#" -eq 0 ]; then
     for path in tests integrations examples; do [ -e "$path" ] && set -- "$@" "$path"; done
 fi
-"$venv/bin/python" -m pytest -q --nbmake --nbmake-timeout=900 "$@"
+"$venv/bin/python" -m pytest -q --durations=15 --nbmake --nbmake-timeout=900 "$@"
 "$venv/bin/mkdocs" build --strict --quiet --site-dir "$(mktemp -d)"
