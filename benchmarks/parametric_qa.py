@@ -1125,23 +1125,9 @@ def report(rows: list[dict[str, Any]], recorded: dict[str, Any], *, markdown: bo
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """``text`` to ``path`` via a temporary file in the same folder (no half-written reports)."""
-    import tempfile
-
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def main(argv: Sequence[str] | None = None) -> Path:
+    from hyco_rag.results import write_text_atomic
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = parse_args(argv)
     rows, recorded, path = run(config, argv)

@@ -60,21 +60,28 @@ def _umask() -> int:
     return mask
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Write ``payload`` as pretty JSON to ``path`` atomically."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader never sees a half-written file, and an interrupted write leaves the old one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(_jsonable(payload), stream, indent=2, ensure_ascii=False)
-            stream.write("\n")
+            stream.write(text)
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; results are for everyone
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    """Write ``payload`` as pretty JSON to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(_jsonable(payload), indent=2, ensure_ascii=False) + "\n")
 
 
 def write_results(

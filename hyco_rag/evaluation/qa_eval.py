@@ -30,7 +30,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -204,74 +204,6 @@ def document_texts(example: QAExample, with_titles: bool) -> list[str]:
 # Generation with an on-disk cache
 
 
-class CachedReader:
-    """Batched greedy generation with a JSONL cache keyed by (reader, decoding, prompt).
-
-    Prompts are sorted by length before batching (less left padding); each row is charged its
-    batch's seconds divided by the batch size, and that number is cached with the text so a
-    cache hit still reports the time the generation took.
-    """
-
-    def __init__(self, generator: ChatGenerator, reader_id: str, cache_dir: Path | None) -> None:
-        self.generator = generator
-        self.reader_id = reader_id
-        self.memory: dict[str, dict[str, Any]] = {}
-        self.cache_path: Path | None = None
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            # Each process appends to its own file (concurrent runs never interleave lines) and
-            # reads every file of this reader.
-            self.cache_path = cache_dir / f"generations-{reader_id}.{socket.gethostname()}-{os.getpid()}.jsonl"
-            for path in sorted(cache_dir.glob(f"generations-{reader_id}*.jsonl")):
-                with open(path, encoding="utf-8") as stream:
-                    for line in stream:
-                        if line.strip():
-                            try:
-                                record = json.loads(line)
-                            except json.JSONDecodeError:  # a torn last line from an interrupted run
-                                continue
-                            self.memory[record["key"]] = record
-
-    def _key(self, prompt: str) -> str:
-        config = self.generator.config
-        payload = f"{self.reader_id}\0{config.max_new_tokens}\0{config.do_sample}\0{config.stop_at_newline}\0{prompt}"
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-    def generate(self, prompts: Sequence[str], desc: str = "generate") -> list[dict[str, Any]]:
-        from tqdm.auto import tqdm
-
-        keys = [self._key(p) for p in prompts]
-        todo = sorted({k: p for k, p in zip(keys, prompts) if k not in self.memory}.items(), key=lambda kv: len(kv[1]))
-        if todo:
-            tokenizer = self.generator.tokenizer
-            lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for _, p in todo]
-            order = sorted(range(len(todo)), key=lambda i: lengths[i])
-            batch_size = self.generator.config.batch_size
-            stream = open(self.cache_path, "a", encoding="utf-8") if self.cache_path is not None else None
-            try:
-                with tqdm(total=len(todo), desc=desc, unit="q", leave=False) as bar:
-                    for start in range(0, len(order), batch_size):
-                        batch = [todo[i] for i in order[start : start + batch_size]]
-                        tick = time.perf_counter()
-                        outputs = self.generator.generate_prompts([p for _, p in batch])
-                        seconds = (time.perf_counter() - tick) / len(batch)
-                        for (key, _), output in zip(batch, outputs):
-                            record = {
-                                "key": key, "text": output.text, "prompt_tokens": output.prompt_tokens,
-                                "completion_tokens": output.completion_tokens, "seconds": seconds,
-                            }
-                            self.memory[key] = record
-                            if stream is not None:
-                                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        if stream is not None:
-                            stream.flush()
-                        bar.update(len(batch))
-            finally:
-                if stream is not None:
-                    stream.close()
-        return [self.memory[k] for k in keys]
-
-
 class JsonlCache:
     """A content-keyed record cache in JSONL files: read all ``<stem>*.jsonl``, append to this
     process's own file (so concurrent runs never interleave lines)."""
@@ -304,11 +236,61 @@ class JsonlCache:
         return self.records[key]
 
     def put(self, key: str, record: dict[str, Any]) -> None:
-        record = {"key": key, **record}
-        self.records[key] = record
-        if self.path is not None:
+        self.put_many([(key, record)])
+
+    def put_many(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Add records and append them to this process's file in one write (one flush per batch)."""
+        lines = []
+        for key, record in items:
+            record = {"key": key, **record}
+            self.records[key] = record
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.path is not None and lines:
             with open(self.path, "a", encoding="utf-8") as stream:
-                stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+                stream.writelines(lines)
+
+
+class CachedReader:
+    """Batched greedy generation with a JSONL cache keyed by (reader, decoding, prompt).
+
+    Prompts are sorted by length before batching (less left padding); each row is charged its
+    batch's seconds divided by the batch size, and that number is cached with the text so a
+    cache hit still reports the time the generation took.
+    """
+
+    def __init__(self, generator: ChatGenerator, reader_id: str, cache_dir: Path | None) -> None:
+        self.generator = generator
+        self.reader_id = reader_id
+        self.cache = JsonlCache(cache_dir, f"generations-{reader_id}")
+
+    def _key(self, prompt: str) -> str:
+        config = self.generator.config
+        payload = f"{self.reader_id}\0{config.max_new_tokens}\0{config.do_sample}\0{config.stop_at_newline}\0{prompt}"
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def generate(self, prompts: Sequence[str], desc: str = "generate") -> list[dict[str, Any]]:
+        from tqdm.auto import tqdm
+
+        keys = [self._key(p) for p in prompts]
+        todo = sorted({k: p for k, p in zip(keys, prompts) if k not in self.cache}.items(), key=lambda kv: len(kv[1]))
+        if todo:
+            tokenizer = self.generator.tokenizer
+            lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for _, p in todo]
+            order = sorted(range(len(todo)), key=lambda i: lengths[i])
+            batch_size = self.generator.config.batch_size
+            with tqdm(total=len(todo), desc=desc, unit="q", leave=False) as bar:
+                for start in range(0, len(order), batch_size):
+                    batch = [todo[i] for i in order[start : start + batch_size]]
+                    tick = time.perf_counter()
+                    outputs = self.generator.generate_prompts([p for _, p in batch])
+                    seconds = (time.perf_counter() - tick) / len(batch)
+                    self.cache.put_many(
+                        (key, {"text": output.text, "prompt_tokens": output.prompt_tokens,
+                               "completion_tokens": output.completion_tokens, "seconds": seconds})
+                        for (key, _), output in zip(batch, outputs)
+                    )
+                    bar.update(len(batch))
+        return [self.cache[k] for k in keys]
 
 
 # --------------------------------------------------------------------------------------------
@@ -751,7 +733,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 def main(args: argparse.Namespace) -> int:
     """Run, print the table and targets, write JSON (+ PNG). Returns an exit code."""
-    from hyco_rag.results import format_table, write_results
+    from hyco_rag.results import format_table, write_results, write_text_atomic
 
     config = config_from_args(args)
     evaluation = QAEvaluation(config)
@@ -769,7 +751,7 @@ def main(args: argparse.Namespace) -> int:
     record["rates"] = [rate_label(r) for r in config.rates]
     record["generality_rates"] = [rate_label(r) for r in config.generality_rates]
     path = write_results(args.name, rows, config=record, results_dir=args.results_dir)
-    path.with_suffix(".md").write_text(markdown_table(rows) + "\n", encoding="utf-8")
+    write_text_atomic(path.with_suffix(".md"), markdown_table(rows) + "\n")
     print(f"\nwrote {path} (+ .md table)")
     if not args.no_plot:
         from hyco_rag.evaluation.plot import plot_f1_vs_kept_share

@@ -64,7 +64,7 @@ def test_generation_cache_is_reused(evaluated):
     assert files, "no generation cache written"
     again = QAEvaluation(_config(tmp_path, methods=("oracle", "random")))
     again._generator = first.generator  # same reader, skip reloading
-    cached = again.reader.memory
+    cached = again.reader.cache.records
     assert len(cached) >= len(rows) * 3 - 3  # every prompt of the first run (some may coincide)
     rerun = again.run()
     old = {(r["method"], r["rate"]): r for r in rows}
