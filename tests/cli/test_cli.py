@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from hyco_rag.cli import COMMANDS, build_parser, main
-from hyco_rag.cli._pending import pending
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -23,12 +20,6 @@ def test_train_has_the_three_pipelines():
     for pipeline in ("compressor", "prag", "translator"):
         args = parser.parse_args(["train", pipeline])
         assert args.pipeline == pipeline and callable(args.handler)
-
-
-def test_pending_handler_fails_loudly(capsys):
-    handler = pending("something", 42)
-    assert handler(argparse.Namespace(command="x")) == 3
-    assert "issue #42" in capsys.readouterr().err
 
 
 def test_demo_runs_a_real_rag_pass(capsys, smollm2):
