@@ -113,10 +113,7 @@ class LoRADelta:
         names = list(dict.fromkeys(name for delta in deltas for name in delta.factors))
         combined: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name in names:
-            shapes = {(d.factors[name][0].shape[1], d.factors[name][1].shape[0]) for d in deltas if name in d.factors}
-            if len(shapes) != 1:
-                raise DeltaValueError(f"deltas disagree on the shape of module {name!r}: {sorted(shapes)}")
-            (in_features, out_features), = shapes
+            in_features, out_features = _module_shape(deltas, name)
             a_parts, b_parts = [], []
             for delta in deltas:
                 if name in delta.factors:
@@ -218,10 +215,7 @@ class DeltaBatch:
         names = list(dict.fromkeys(name for delta in unique for name in delta.factors))
         factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name in names:
-            shapes = {(d.factors[name][0].shape[1], d.factors[name][1].shape[0]) for d in unique if name in d.factors}
-            if len(shapes) != 1:
-                raise DeltaValueError(f"deltas disagree on the shape of module {name!r}: {sorted(shapes)}")
-            (in_features, out_features), = shapes
+            in_features, out_features = _module_shape(unique, name)
             a_stack = torch.zeros(len(unique), max_rank, in_features, device=device, dtype=dtype)
             b_stack = torch.zeros(len(unique), out_features, max_rank, device=device, dtype=dtype)
             for slot, delta in enumerate(unique):
@@ -242,3 +236,11 @@ class DeltaBatch:
         """One delta for every row of whatever batch runs under it."""
         single = cls.from_deltas([delta], device=device, dtype=dtype)
         return cls(single.factors, single.scale, single.row_slots, broadcast=True)
+
+
+def _module_shape(deltas: Sequence[LoRADelta], name: str) -> tuple[int, int]:
+    """(in_features, out_features) of module ``name``, which every delta that has it must agree on."""
+    shapes = {(d.factors[name][0].shape[1], d.factors[name][1].shape[0]) for d in deltas if name in d.factors}
+    if len(shapes) != 1:
+        raise DeltaValueError(f"deltas disagree on the shape of module {name!r}: {sorted(shapes)}")
+    return next(iter(shapes))
