@@ -6,6 +6,7 @@ from; compression hands it shorter documents and DyPRAG wraps its forward passes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,9 @@ from hyco_rag.prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from hyco_rag.dyprag.delta import LoRADelta
+    from hyco_rag.dyprag.injection import DeltaInjector
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ class ChatGenerator:
     tokenizer: PreTrainedTokenizerBase
     config: GenerationConfig = field(default_factory=GenerationConfig)
     template: PromptTemplate = DEFAULT_TEMPLATE
+    _injectors: dict[str, DeltaInjector] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, **kwargs: object) -> ChatGenerator:
@@ -104,13 +109,27 @@ class ChatGenerator:
         return {key: value.to(self.device) for key, value in encoded.items()}
 
     @torch.inference_mode()
-    def generate_prompts(self, prompts: Sequence[str], config: GenerationConfig | None = None) -> list[Generation]:
-        """Generate for already rendered prompts, ``config.batch_size`` at a time."""
+    def generate_prompts(
+        self,
+        prompts: Sequence[str],
+        config: GenerationConfig | None = None,
+        deltas: Sequence[LoRADelta | None] | None = None,
+    ) -> list[Generation]:
+        """Generate for already rendered prompts, ``config.batch_size`` at a time.
+
+        ``deltas`` gives one DyPRAG :class:`~hyco_rag.dyprag.delta.LoRADelta` (or ``None``) per
+        prompt; rows of one batch carry different deltas through the per-row kernels.
+        """
         config = config or self.config
+        prompts = list(prompts)
+        if deltas is not None and len(deltas) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(deltas)} deltas")
         results: list[Generation] = []
         for start in range(0, len(prompts), config.batch_size):
             batch = self._encode(prompts[start : start + config.batch_size])
-            output = self.model.generate(**batch, **self._generate_kwargs(config))
+            rows = list(deltas[start : start + config.batch_size]) if deltas is not None else []
+            with self._deltas_applied(rows):
+                output = self.model.generate(**batch, **self._generate_kwargs(config))
             width = batch["input_ids"].shape[1]
             for row, ids in enumerate(output):
                 new_ids = ids[width:]
@@ -123,6 +142,16 @@ class ChatGenerator:
                     )
                 )
         return results
+
+    def _deltas_applied(self, deltas: Sequence[LoRADelta | None]) -> contextlib.AbstractContextManager[object]:
+        if not any(delta is not None for delta in deltas):
+            return contextlib.nullcontext()
+        from hyco_rag.dyprag.injection import DeltaInjector
+
+        injector = self._injectors.get("default")
+        if injector is None:
+            injector = self._injectors["default"] = DeltaInjector(self.model)
+        return injector.apply(list(deltas))
 
     def answer(
         self,

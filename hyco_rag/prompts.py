@@ -6,9 +6,11 @@ builder, so a score difference comes from the context, never from prompt wording
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from hyco_rag.tokens import count_tokens  # noqa: F401  (moved; imported here until its last caller is updated)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -25,9 +27,33 @@ class PromptTemplate:
     )
     without_context: str = "Answer the question with a short phrase only.\n\nQuestion: {question}"
     document: str = "Document [{index}]: {text}"
+    #: Worked turns placed before the real question: ``(question, document, answer)``. With
+    #: documents the example shows its document; closed-book it shows the question alone.
+    examples: tuple[tuple[str, str, str], ...] = ()
 
 
 DEFAULT_TEMPLATE = PromptTemplate()
+
+#: Two-shot short-answer prompt: two worked turns (question -> a few words copied from the
+#: document) before the real one. SmolLM2-135M answers in whole sentences with the plain
+#: template; the worked turns show the expected length. Measured in docs/parametric_benchmark.md.
+SHORT_ANSWER_TEMPLATE = PromptTemplate(
+    system="Answer with a short phrase: a few words, no sentence.",
+    with_context="{context}\n\nQuestion: {question}",
+    without_context="Question: {question}",
+    examples=(
+        (
+            "Which river flows through the city of Lyon?",
+            "Lyon is a city in France at the meeting point of the Rhone and the Saone rivers.",
+            "the Rhone",
+        ),
+        (
+            "In what year did the bridge open?",
+            "Work on the bridge began in 1931, and it opened to traffic in 1937.",
+            "1937",
+        ),
+    ),
+)
 
 
 def format_documents(documents: Sequence[str], template: PromptTemplate = DEFAULT_TEMPLATE) -> str:
@@ -50,8 +76,28 @@ def build_messages(
     else:
         user = template.without_context.format(question=question.strip())
     messages = [{"role": "system", "content": template.system}] if template.system else []
+    for example_question, example_document, example_answer in template.examples:
+        if context:
+            shown = format_documents([example_document], template)
+            example_user = template.with_context.format(context=shown, question=example_question)
+        else:
+            example_user = template.without_context.format(question=example_question)
+        messages.append({"role": "user", "content": example_user})
+        messages.append({"role": "assistant", "content": example_answer})
     messages.append({"role": "user", "content": user})
     return messages
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]]) -> str:
+    """Messages rendered for generation: the tokenizer's chat template with the generation cue,
+    or, for base models without a template, ``role: text`` blocks ending in ``assistant:``.
+
+    The one renderer: QA prompts, plain chat turns and served requests all come through here.
+    """
+    plain = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    if getattr(tokenizer, "chat_template", None):
+        return str(tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False))
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in plain) + "\n\nassistant:"
 
 
 def build_prompt(
@@ -60,14 +106,5 @@ def build_prompt(
     documents: Sequence[str] = (),
     template: PromptTemplate = DEFAULT_TEMPLATE,
 ) -> str:
-    """The full prompt string, rendered by the tokenizer's chat template, ready to generate."""
-    messages = build_messages(question, documents, template)
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    # Base models without a chat template: plain text with an answer cue.
-    return "\n\n".join(message["content"] for message in messages) + "\nAnswer:"
-
-
-def count_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
-    """Number of tokens ``text`` costs with ``tokenizer`` (no special tokens added)."""
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """The full QA prompt string, rendered by :func:`render_chat`, ready to generate."""
+    return render_chat(tokenizer, build_messages(question, documents, template))

@@ -1,6 +1,7 @@
 import pytest
 
-from hyco_rag.prompts import build_messages, build_prompt, count_tokens, format_documents
+from hyco_rag.prompts import build_messages, build_prompt, format_documents
+from hyco_rag.tokens import count_tokens
 
 
 def test_documents_are_numbered_and_empty_ones_skipped():

@@ -156,14 +156,23 @@ class DeltaInjector:
         """Hook the deltas in for the duration of the ``with`` block.
 
         ``deltas`` is one :class:`LoRADelta` for every row, a sequence with one delta (or
-        ``None``) per batch row, or a prepared :class:`DeltaBatch`.  Yields the shared
+        ``None``) per batch row, or a :class:`DeltaBatch`.  Yields the shared
         :class:`StepState` (``state.calls`` counts hooked module calls).
 
         Raises:
             DeltaValueError: invalid deltas (nothing applied).
             DeltasAlreadyAppliedError: another application is active on this model.
         """
-        batch = self.prepare(deltas)
+        with self.apply_prepared(self.prepare(deltas)) as state:
+            yield state
+
+    @contextlib.contextmanager
+    def apply_prepared(self, batch: DeltaBatch) -> Iterator[StepState]:
+        """:meth:`apply` for a batch that :meth:`prepare` already checked (no second check).
+
+        The serving engine prepares a batch once per batch composition and hooks it in for
+        every forward of that composition; the NaN/shape checks would otherwise run per step.
+        """
         state = StepState(batch)
         with _REGISTRY_LOCK:
             if _ACTIVE.get(self.model, 0) > 0:

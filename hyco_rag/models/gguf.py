@@ -12,6 +12,7 @@ import hashlib
 import logging
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from hyco_rag.models.cache import cache_dir, publish_dir_atomically
@@ -31,9 +32,30 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: (resolved path, size, mtime_ns) of a GGUF file -> its content hash: hashing 98 MB costs
+#: about half a second, and every name resolution (each chat call, each engine lookup) needs it.
+_HASHES: dict[tuple[str, int, int], str] = {}
+_HASHES_LOCK = threading.Lock()
+
+
+def _content_hash(gguf_file: Path) -> str:
+    stat = gguf_file.stat()
+    key = (str(gguf_file), stat.st_size, stat.st_mtime_ns)
+    with _HASHES_LOCK:
+        digest = _HASHES.get(key)
+    if digest is None:
+        digest = file_sha256(gguf_file)
+        with _HASHES_LOCK:
+            _HASHES[key] = digest
+    return digest
+
+
 def gguf_cache_dir(gguf_file: Path) -> Path:
-    """Where the dequantized copy of ``gguf_file`` lives (it may not exist yet)."""
-    return cache_dir() / "gguf" / f"{gguf_file.stem}-{file_sha256(gguf_file)[:16]}"
+    """Where the dequantized copy of ``gguf_file`` lives (it may not exist yet).
+
+    The content hash is computed once per (path, size, mtime) in a process.
+    """
+    return cache_dir() / "gguf" / f"{gguf_file.stem}-{_content_hash(gguf_file.resolve())[:16]}"
 
 
 def dequantized_gguf_dir(gguf_file: str | Path) -> Path:

@@ -1,0 +1,328 @@
+"""Continuous batching at step granularity: one KV cache for every row in flight.
+
+The engine's worker owns one :class:`DecodeBatch`.  Between two decode steps it may
+
+* **admit** waiting rows: they are prefilled together (left-padded, each under its own delta
+  slot) and their caches are merged into the running cache, left-padded to a common length;
+* **evict** finished, cancelled or timed-out rows: their cache rows are dropped at once, and
+  columns that became padding in every remaining row are trimmed.
+
+Every forward is one call of the HF model with an explicit 2-D attention mask and per-row
+position ids, which is how ``generate`` itself runs a left-padded batch; the masked (padding)
+positions get exactly zero attention weight, so a row's tokens do not depend on its
+neighbours except through floating-point summation order of batched matmuls.
+
+Deltas: each forward hooks the rows' deltas in through
+:meth:`~hyco_rag.dyprag.injection.DeltaInjector.apply_prepared` (one slot per row, ``-1`` for
+rows without one, the kernels' per-row path) and removes the hooks when the forward returns or
+raises.  The prepared :class:`~hyco_rag.dyprag.delta.DeltaBatch` is rebuilt only when the
+batch composition changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hyco_rag.engine.sampling import SamplingParams
+from hyco_rag.engine.stops import StopSequenceFilter
+
+if TYPE_CHECKING:
+    from hyco_rag.dyprag.delta import DeltaBatch, LoRADelta
+    from hyco_rag.dyprag.injection import DeltaInjector
+
+logger = logging.getLogger(__name__)
+
+#: What a finished row reports.
+FINISH_STOP, FINISH_LENGTH = "stop", "length"
+
+
+@dataclass
+class Row:
+    """One sequence in flight: its prompt, its delta, what it generated and where it goes.
+
+    ``on_text`` receives each newly safe piece of cleaned text (stop sequences applied);
+    ``on_finish`` is called once with the finish reason when the row leaves the batch normally.
+    ``should_abort`` is polled between steps and returns an exception that ends the row early
+    (cancellation, timeout), or ``None``.
+    """
+
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    delta: LoRADelta | None = None
+    on_text: Callable[[str], None] = lambda piece: None
+    on_finish: Callable[[Row], None] = lambda row: None
+    on_error: Callable[[BaseException], None] = lambda error: None
+    should_abort: Callable[[], BaseException | None] = lambda: None
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    first_token_at: float | None = None
+    _decoded: str = ""
+    _filter: StopSequenceFilter | None = None
+    _generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError("a row needs at least one prompt token")
+        self._filter = StopSequenceFilter(list(self.sampling.stop))
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class DecodeBatch:
+    """The running batch of one model: rows, their shared KV cache, mask and positions.
+
+    Args:
+        model: the served causal LM (Llama-style decoder with a dynamic KV cache).
+        tokenizer: its tokenizer, used only to detokenize (the caller serialises it).
+        injector: hooks per-row deltas in; ``None`` when the model serves no deltas.
+        eos_ids: token ids that end a row (not part of its text).
+        decode_lock: a context manager factory held around every detokenization.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        injector: DeltaInjector | None,
+        eos_ids: Sequence[int],
+        decode_lock: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.injector = injector
+        self.eos_ids = frozenset(int(i) for i in eos_ids)
+        self.decode_lock = decode_lock
+        self.device = next(model.parameters()).device
+        self.rows: list[Row] = []
+        self.cache: Any = None
+        self.mask: torch.Tensor | None = None  # [B, L] 1 = real token
+        self.positions: torch.Tensor | None = None  # [B] position id of the next token
+        self.last_tokens: torch.Tensor | None = None  # [B] the token each row feeds next
+        self._delta_key: tuple[int, ...] | None = None
+        self._delta_batch: DeltaBatch | None = None
+        self.steps = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # ------------------------------------------------------------------ deltas
+
+    def _hooks(self, rows: Sequence[Row]) -> contextlib.AbstractContextManager[Any]:
+        """Hook ``rows``' deltas in for one forward (nothing when no row carries one)."""
+        if self.injector is None or all(row.delta is None for row in rows):
+            return contextlib.nullcontext()
+        key = tuple(id(row) for row in rows)
+        if key != self._delta_key or self._delta_batch is None:
+            self._delta_batch = self.injector.prepare([row.delta for row in rows])
+            self._delta_key = key
+        return self.injector.apply_prepared(self._delta_batch)
+
+    # ------------------------------------------------------------------ forwards
+
+    def _forward(self, rows: Sequence[Row], input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, past: int) -> torch.Tensor:
+        length = input_ids.shape[1]
+        cache_position = torch.arange(past, past + length, device=self.device)
+        with self._hooks(rows):
+            output = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                cache_position=cache_position,
+                logits_to_keep=1,
+            )
+        return output.logits[:, -1, :].float()
+
+    @torch.inference_mode()
+    def admit(self, rows: Sequence[Row]) -> None:
+        """Prefill ``rows`` together and merge them into the running batch.
+
+        Each admitted row gets its first token (so it may already be finished).  On an error
+        nothing of the new rows is kept and the running batch is unchanged.
+        """
+        from transformers import DynamicCache
+
+        rows = list(rows)
+        if not rows:
+            return
+        width = max(len(row.prompt_ids) for row in rows)
+        ids = torch.full((len(rows), width), 0, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids, dtype=torch.long)
+            mask[i, width - len(row.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(rows, ids, mask, positions, cache, 0)
+        lengths = mask.sum(-1)
+        new_tokens = self._sample(rows, logits)
+        self._merge(rows, cache, mask, lengths, new_tokens)
+        self._emit(rows, new_tokens)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One decode step for every running row."""
+        if not self.rows:
+            return
+        assert self.mask is not None and self.positions is not None and self.last_tokens is not None
+        past = self.mask.shape[1]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        logits = self._forward(self.rows, self.last_tokens[:, None], self.mask, self.positions[:, None], self.cache, past)
+        self.positions = self.positions + 1
+        new_tokens = self._sample(self.rows, logits)
+        self.last_tokens = new_tokens
+        self.steps += 1
+        self._emit(self.rows, new_tokens)
+
+    def _merge(self, rows: list[Row], cache: Any, mask: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor) -> None:
+        if not self.rows:
+            self.rows, self.cache, self.mask = rows, cache, mask
+            self.positions, self.last_tokens = lengths.clone(), tokens
+            self._delta_key = None
+            return
+        assert self.mask is not None and self.positions is not None and self.last_tokens is not None
+        length = max(self.mask.shape[1], mask.shape[1])
+        for old, new in zip(self.cache.layers, cache.layers):
+            old.keys = torch.cat([_pad_left(old.keys, length, 2), _pad_left(new.keys, length, 2)], dim=0)
+            old.values = torch.cat([_pad_left(old.values, length, 2), _pad_left(new.values, length, 2)], dim=0)
+        self.mask = torch.cat([_pad_left(self.mask, length, 1), _pad_left(mask, length, 1)], dim=0)
+        self.positions = torch.cat([self.positions, lengths])
+        self.last_tokens = torch.cat([self.last_tokens, tokens])
+        self.rows = self.rows + rows
+        self._delta_key = None
+
+    # ------------------------------------------------------------------ tokens
+
+    def _sample(self, rows: Sequence[Row], logits: torch.Tensor) -> torch.Tensor:
+        tokens = logits.argmax(dim=-1)
+        for i, row in enumerate(rows):
+            params = row.sampling
+            if params.greedy:
+                continue
+            if row._generator is None:
+                row._generator = torch.Generator(device=self.device)
+                row._generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+            probs = torch.softmax(logits[i] / params.temperature, dim=-1)
+            if params.top_p < 1:
+                sorted_probs, order = probs.sort(descending=True)
+                keep = sorted_probs.cumsum(0) - sorted_probs < params.top_p
+                sorted_probs = sorted_probs * keep
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            tokens[i] = torch.multinomial(probs, 1, generator=row._generator)[0]
+        return tokens
+
+    def _emit(self, rows: Sequence[Row], tokens: torch.Tensor) -> None:
+        """Append each row's new token, hand out its safe text, and mark finished rows."""
+        now = time.perf_counter()
+        for row, token in zip(rows, tokens.tolist()):
+            if row.finished:
+                continue
+            if row.first_token_at is None:
+                row.first_token_at = now
+            assert row._filter is not None
+            if token in self.eos_ids:
+                row.finish_reason = FINISH_STOP
+            else:
+                row.generated.append(token)
+                with self.decode_lock():
+                    decoded = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+                if not decoded.endswith("\ufffd"):  # an incomplete multi-byte character waits
+                    piece, row._decoded = decoded[len(row._decoded) :], decoded
+                    self._deliver(row, row._filter.feed(piece))
+                if row._filter.stopped:
+                    row.finish_reason = FINISH_STOP
+                elif len(row.generated) >= row.sampling.max_tokens:
+                    row.finish_reason = FINISH_LENGTH
+            if row.finished:
+                if not row._filter.stopped:
+                    with self.decode_lock():
+                        decoded = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+                    self._deliver(row, row._filter.feed(decoded[len(row._decoded) :]) + row._filter.finish())
+
+    def _deliver(self, row: Row, piece: str) -> None:
+        if piece:
+            row.text += piece
+            try:
+                row.on_text(piece)
+            except Exception:  # a consumer's bug must not stop the other rows
+                logger.exception("a row's text callback failed")
+
+    # ------------------------------------------------------------------ leaving
+
+    def evict(self) -> list[Row]:
+        """Remove finished rows and rows that must abort; return every row that left.
+
+        Finished rows get ``on_finish``; aborted ones ``on_error`` with their reason.
+        """
+        leaving: list[Row] = []
+        keep: list[int] = []
+        for i, row in enumerate(self.rows):
+            reason = None if row.finished else row.should_abort()
+            if row.finished or reason is not None:
+                leaving.append(row)
+                if reason is not None:
+                    row.finish_reason = "abort"
+                    _call(row.on_error, reason)
+                else:
+                    _call(row.on_finish, row)
+            else:
+                keep.append(i)
+        if leaving:
+            self._keep(keep)
+        return leaving
+
+    def fail_all(self, error: BaseException) -> list[Row]:
+        """Every running row ends with ``error`` (the batch is reset)."""
+        rows, self.rows = self.rows, []
+        for row in rows:
+            row.finish_reason = "error"
+            _call(row.on_error, error)
+        self._keep([])
+        return rows
+
+    def _keep(self, indices: list[int]) -> None:
+        if not indices:
+            self.rows, self.cache, self.mask, self.positions, self.last_tokens = [], None, None, None, None
+            self._delta_key, self._delta_batch = None, None
+            return
+        assert self.mask is not None and self.positions is not None and self.last_tokens is not None
+        self.rows = [self.rows[i] for i in indices]
+        index = torch.tensor(indices, dtype=torch.long, device=self.device)
+        mask = self.mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else 0  # columns that are padding in every row go
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        self.mask = mask[:, start:]
+        self.positions = self.positions.index_select(0, index)
+        self.last_tokens = self.last_tokens.index_select(0, index)
+        self._delta_key = None
+
+
+def _call(callback: Callable[[Any], None], value: Any) -> None:
+    try:
+        callback(value)
+    except Exception:
+        logger.exception("a row's completion callback failed")
