@@ -22,6 +22,7 @@ batch composition changes.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -120,6 +121,9 @@ class DecodeBatch:
         self._delta_key: tuple[int, ...] | None = None
         self._delta_batch: DeltaBatch | None = None
         self.steps = 0
+        parameters = inspect.signature(model.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self._takes_cache_position = "cache_position" in parameters
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -139,18 +143,11 @@ class DecodeBatch:
     # ------------------------------------------------------------------ forwards
 
     def _forward(self, rows: Sequence[Row], input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, past: int) -> torch.Tensor:
-        length = input_ids.shape[1]
-        cache_position = torch.arange(past, past + length, device=self.device)
+        kwargs: dict[str, Any] = {self._cache_argument: cache}
+        if self._takes_cache_position:  # transformers < 5.x derives nothing from the cache
+            kwargs["cache_position"] = torch.arange(past, past + input_ids.shape[1], device=self.device)
         with self._hooks(rows):
-            output = self.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                cache_position=cache_position,
-                logits_to_keep=1,
-            )
+            output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **kwargs)
         return output.logits[:, -1, :].float()
 
     @torch.inference_mode()

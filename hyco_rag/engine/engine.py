@@ -275,9 +275,9 @@ class Engine:
 
         if not passages:
             return None
-        assert self.translator is not None or not passages
-        combine = self.translator.config.delta_config.combine if self.translator is not None else "mean"
-        return LoRADelta.combine(self.passage_deltas(passages), combine)
+        deltas = self.passage_deltas(passages)  # raises when there is no translator
+        assert self.translator is not None
+        return LoRADelta.combine(deltas, self.translator.config.delta_config.combine)
 
     # ------------------------------------------------------------------ compression
 

@@ -71,12 +71,12 @@ def load_engine_parts(model: str | None, translator: str | None, device: str | N
     missing = None
     try:
         loaded = ParameterTranslator.from_pretrained(translator, model=loaded_model)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # ValueError: made for another model, or an old format
         if translator is not None:
             raise
         loaded = None
         missing = (
-            f"no parameter translator is shipped for this model at {DEFAULT_TRANSLATOR_DIR} ({error}); pass "
+            f"no usable parameter translator is shipped for this model at {DEFAULT_TRANSLATOR_DIR} ({error}); pass "
             "translator=<folder saved by ParameterTranslator.save_pretrained>, or use mode 'rag', 'hyco' or 'none'"
         )
         logger.warning("serving %s without a translator: only the context modes work", resolved)
