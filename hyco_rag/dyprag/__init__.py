@@ -5,8 +5,8 @@ Data flows one way::
     passages --PassageEncoder--> embeddings --ParameterTranslator--> LoRADelta per passage
              --LoRADelta.combine--> one delta per request --DeltaInjector.apply--> hooked forward
 
-:class:`ParametricRAG` wires it together for chat generation (modes ``none``, ``rag``,
-``dyprag``, ``combine``; batched, streaming, async).  See ``docs/dyprag.md``.
+:class:`hyco_rag.engine.Engine` serves it (modes ``dyprag``, ``combine``, ``combine-hyco``;
+continuous batching with a delta per row, streaming, async).  See ``docs/dyprag.md``.
 """
 
 from hyco_rag.dyprag.config import COMBINE_MODES, DEFAULT_TARGET_MODULES, DeltaConfig
@@ -20,7 +20,6 @@ from hyco_rag.dyprag.injection import (
     model_lock,
 )
 from hyco_rag.dyprag.layer import lora_delta_autograd
-from hyco_rag.dyprag.runtime import MODES, ParametricAnswer, ParametricRAG
 from hyco_rag.dyprag.translator import (
     DEFAULT_TRANSLATOR_DIR,
     ParameterTranslator,
@@ -34,7 +33,6 @@ __all__ = [
     "COMBINE_MODES",
     "DEFAULT_TARGET_MODULES",
     "DEFAULT_TRANSLATOR_DIR",
-    "MODES",
     "DeltaBatch",
     "DeltaConfig",
     "DeltaInjector",
@@ -42,8 +40,6 @@ __all__ = [
     "DeltasAlreadyAppliedError",
     "LoRADelta",
     "ParameterTranslator",
-    "ParametricAnswer",
-    "ParametricRAG",
     "PassageEncoder",
     "TranslatorConfig",
     "TranslatorMismatchError",
