@@ -1,15 +1,14 @@
 """Chat generation with a served HF causal LM: batched, greedy by default, with streaming.
 
-This is the "generate" end of the pipeline. It knows nothing about where the context came
-from; compression hands it shorter documents and DyPRAG wraps its forward passes with deltas.
+This is the offline "generate" end of the pipeline (evaluation, training reports): a loaded
+model with its prompt template, decoding with the serving engine's own batch decoder in the
+caller's thread.  Serving goes through :class:`hyco_rag.engine.Engine`, which owns a worker.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -63,7 +62,7 @@ class ChatGenerator:
     tokenizer: PreTrainedTokenizerBase
     config: GenerationConfig = field(default_factory=GenerationConfig)
     template: PromptTemplate = DEFAULT_TEMPLATE
-    _injectors: dict[str, DeltaInjector] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _delta_injector: DeltaInjector | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | None = None, **kwargs: object) -> ChatGenerator:
@@ -82,76 +81,63 @@ class ChatGenerator:
     def prompt(self, question: str, documents: Sequence[str] = ()) -> str:
         return build_prompt(self.tokenizer, question, documents, self.template)
 
-    def _generate_kwargs(self, config: GenerationConfig) -> dict[str, object]:
-        kwargs: dict[str, object] = {
-            "max_new_tokens": config.max_new_tokens,
-            "do_sample": config.do_sample,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if config.do_sample:
-            kwargs.update(temperature=config.temperature, top_p=config.top_p)
-        else:  # silence "temperature is set but do_sample=False" from saved generation configs
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        return kwargs
+    def _injector(self, deltas: Sequence[LoRADelta | None]) -> DeltaInjector | None:
+        if not any(delta is not None for delta in deltas):
+            return None
+        if self._delta_injector is None:
+            from hyco_rag.dyprag.injection import DeltaInjector
 
-    def _clean(self, text: str, config: GenerationConfig) -> str:
-        text = text.strip()
-        if config.stop_at_newline and text:
-            text = text.splitlines()[0].strip()
-        return text
+            self._delta_injector = DeltaInjector(self.model)
+        return self._delta_injector
 
-    def _encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        # Left padding: generated tokens of every row then start at the same column.
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        encoded = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        return {key: value.to(self.device) for key, value in encoded.items()}
-
-    @torch.inference_mode()
     def generate_prompts(
         self,
         prompts: Sequence[str],
         config: GenerationConfig | None = None,
         deltas: Sequence[LoRADelta | None] | None = None,
     ) -> list[Generation]:
-        """Generate for already rendered prompts, ``config.batch_size`` at a time.
+        """Generate for already rendered prompts, up to ``config.batch_size`` rows at a time.
 
-        ``deltas`` gives one DyPRAG :class:`~hyco_rag.dyprag.delta.LoRADelta` (or ``None``) per
-        prompt; rows of one batch carry different deltas through the per-row kernels.
+        The engine's decoder (:class:`hyco_rag.engine.batch.DecodeBatch`) runs in this thread:
+        a row that finishes leaves the batch and the next prompt takes its slot, so offline
+        evaluation and serving decode with the same code.  ``deltas`` gives one DyPRAG
+        :class:`~hyco_rag.dyprag.delta.LoRADelta` (or ``None``) per prompt.
         """
+        from hyco_rag.engine.batch import DecodeBatch, Row, eos_token_ids
+        from hyco_rag.engine.sampling import SamplingParams
+
         config = config or self.config
         prompts = list(prompts)
-        if deltas is not None and len(deltas) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(deltas)} deltas")
-        results: list[Generation] = []
-        for start in range(0, len(prompts), config.batch_size):
-            batch = self._encode(prompts[start : start + config.batch_size])
-            rows = list(deltas[start : start + config.batch_size]) if deltas is not None else []
-            with self._deltas_applied(rows):
-                output = self.model.generate(**batch, **self._generate_kwargs(config))
-            width = batch["input_ids"].shape[1]
-            for row, ids in enumerate(output):
-                new_ids = ids[width:]
-                completion = new_ids[new_ids != self.tokenizer.pad_token_id]
-                results.append(
-                    Generation(
-                        text=self._clean(self.tokenizer.decode(new_ids, skip_special_tokens=True), config),
-                        prompt_tokens=int(batch["attention_mask"][row].sum()),
-                        completion_tokens=int(completion.numel()),
-                    )
-                )
-        return results
-
-    def _deltas_applied(self, deltas: Sequence[LoRADelta | None]) -> contextlib.AbstractContextManager[object]:
-        if not any(delta is not None for delta in deltas):
-            return contextlib.nullcontext()
-        from hyco_rag.dyprag.injection import DeltaInjector
-
-        injector = self._injectors.get("default")
-        if injector is None:
-            injector = self._injectors["default"] = DeltaInjector(self.model)
-        return injector.apply(list(deltas))
+        row_deltas = list(deltas) if deltas is not None else [None] * len(prompts)
+        if len(row_deltas) != len(prompts):
+            raise ValueError(f"got {len(prompts)} prompts but {len(row_deltas)} deltas")
+        for delta in row_deltas:  # fail before any generation, nothing applied
+            if delta is not None:
+                delta.validate()
+        sampling = SamplingParams(
+            max_tokens=config.max_new_tokens,
+            temperature=config.temperature if config.do_sample else 0.0,
+            top_p=config.top_p if config.do_sample else 1.0,
+            stop=("\n",) if config.stop_at_newline else (),
+        )
+        rows = [
+            Row(list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]), sampling, delta)
+            for prompt, delta in zip(prompts, row_deltas)
+        ]
+        batch = DecodeBatch(self.model, self.tokenizer, self._injector(row_deltas), eos_token_ids(self.model, self.tokenizer))
+        waiting = list(reversed(rows))
+        failures: list[BaseException] = []
+        for row in rows:
+            row.on_error = failures.append
+        while waiting or batch.rows:
+            if waiting and len(batch) < config.batch_size:
+                batch.admit([waiting.pop() for _ in range(min(len(waiting), config.batch_size - len(batch)))])
+            else:
+                batch.step()
+            batch.evict()
+            if failures:
+                raise failures[0]
+        return [Generation(row.text, len(row.prompt_ids), len(row.generated)) for row in rows]
 
     def answer(
         self,
@@ -164,29 +150,3 @@ class ChatGenerator:
             raise ValueError(f"got {len(questions)} questions but {len(documents)} document lists")
         docs = documents if documents is not None else [()] * len(questions)
         return self.generate_prompts([self.prompt(q, d) for q, d in zip(questions, docs)], config)
-
-    def stream_prompt(self, prompt: str, config: GenerationConfig | None = None) -> Iterator[str]:
-        """Yield text pieces of one generation as they are produced."""
-        from transformers import TextIteratorStreamer
-
-        config = config or self.config
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        batch = self._encode([prompt])
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    self.model.generate(**batch, **self._generate_kwargs(config), streamer=streamer)
-            except BaseException as error:  # re-raised in the consumer's thread
-                errors.append(error)
-                streamer.end()
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        try:
-            yield from (piece for piece in streamer if piece)
-        finally:
-            worker.join()
-        if errors:
-            raise errors[0]

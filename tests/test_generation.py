@@ -28,11 +28,18 @@ def test_batched_generation_equals_one_by_one(generator):
     assert [b.prompt_tokens for b in batched] == [s.prompt_tokens for s in single]
 
 
-def test_streaming_yields_the_same_text(generator):
-    prompt = generator.prompt("What is the capital of France?")
-    pieces = list(generator.stream_prompt(prompt))
-    assert len(pieces) > 1
-    assert "".join(pieces).strip() == generator.generate_prompts([prompt])[0].text
+def test_offline_generation_decodes_like_hf_generate(generator):
+    """The engine's decoder (used here in the caller's thread) reproduces greedy HF generate."""
+    import torch
+
+    prompt = generator.prompt("Who wrote Hamlet?", ["Hamlet is a tragedy by William Shakespeare."])
+    ids = generator.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = generator.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
+    expected = generator.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    assert generator.generate_prompts([prompt])[0].text == expected
+    first_line = generator.generate_prompts([prompt], GenerationConfig(max_new_tokens=10, stop_at_newline=True))[0].text
+    assert "\n" not in first_line and expected.startswith(first_line)
 
 
 def test_invalid_settings_are_rejected(generator):

@@ -79,6 +79,18 @@ class Row:
         return self.finish_reason is not None
 
 
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end a row: the generation config's and the tokenizer's end of sequence."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
 def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     missing = length - tensor.shape[dim]
     if missing <= 0:

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hyco_rag.engine.batch import DecodeBatch
+from hyco_rag.engine.batch import DecodeBatch, eos_token_ids
 from hyco_rag.engine.modes import Mode
 from hyco_rag.engine.request import Answer, Completion, PreparedRequest
 from hyco_rag.engine.sampling import SamplingParams
@@ -163,7 +163,7 @@ class Engine:
             injector = DeltaInjector(model, delta_config)
         self.injector = injector
         self._worker = EngineWorker(
-            DecodeBatch(model, tokenizer, injector, self._eos_ids(), decode_lock=lambda: self.tokenizer_lock),
+            DecodeBatch(model, tokenizer, injector, eos_token_ids(model, tokenizer), decode_lock=lambda: self.tokenizer_lock),
             max_batch_size=self.config.max_batch_size,
             max_queue=self.config.max_queue,
             listeners=self.listeners,
@@ -185,16 +185,6 @@ class Engine:
 
         parts = load_engine_parts(model, translator, device)
         return cls(parts.model, parts.tokenizer, parts.translator, config=config, name=parts.name, missing_translator=parts.missing_translator, **kwargs)
-
-    def _eos_ids(self) -> list[int]:
-        ids: set[int] = set()
-        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        for value in (configured, self.tokenizer.eos_token_id):
-            if isinstance(value, int):
-                ids.add(value)
-            elif isinstance(value, (list, tuple)):
-                ids.update(int(v) for v in value)
-        return sorted(ids)
 
     # ------------------------------------------------------------------ properties
 

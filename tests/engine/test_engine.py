@@ -20,7 +20,7 @@ from hyco_rag.engine import (
     RequestTimeoutError,
     SamplingParams,
 )
-from hyco_rag.engine.batch import DecodeBatch, Row
+from hyco_rag.engine.batch import DecodeBatch, Row, eos_token_ids
 
 from .conftest import assert_bit_identical, hook_count, random_translator, snapshot
 
@@ -52,7 +52,7 @@ def test_rows_joining_and_leaving_between_steps_match_one_row_generate(tiny, eng
     model, tokenizer = tiny
     requests = [engine.ask(q, [p], mode=m) for q, p, m in zip(QUESTIONS, PASSAGES, ["dyprag", "rag", "combine", "none"])]
     lengths = [12, 5, 9, 7]  # rows leave at different steps
-    batch = DecodeBatch(model, tokenizer, engine.injector, engine._eos_ids())
+    batch = DecodeBatch(model, tokenizer, engine.injector, eos_token_ids(model, tokenizer))
     rows = [Row(r.prompt_ids, SamplingParams(max_tokens=n), r.delta) for r, n in zip(requests, lengths)]
     batch.admit(rows[:2])
     batch.step()
