@@ -185,7 +185,7 @@ def lora_shrink(
             if decode:
                 cfg = launch_config("shrink_decode", x.device)
                 splits = split_k(cfg, x.device, programs=num_tokens * len(group), k=k)
-                grid = (num_tokens * splits, len(group))
+                grid: tuple[int, ...] = (num_tokens * splits, len(group))
                 _lora_shrink_decode_kernel[grid](
                     x, a0, a1, a2, out_group, slot_ids,
                     k, rank, x.stride(0), x.stride(1), out_group.stride(0), out_group.stride(1),

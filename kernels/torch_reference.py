@@ -117,18 +117,17 @@ def lora_expand_torch(
     offsets = [0]
     for b in lora_b:
         offsets.append(offsets[-1] + b.shape[1])
-    per_slot_scale = isinstance(scale, torch.Tensor)
     max_n = max(b.shape[1] for b in lora_b)
     if _use_row_gather(meta, max_n * buf.shape[-1]):
         for rows, slots in _row_chunks(meta, max_n * buf.shape[-1]):
-            row_scale = scale[slots].float().unsqueeze(-1) if per_slot_scale else scale
+            row_scale = scale[slots].float().unsqueeze(-1) if isinstance(scale, torch.Tensor) else scale
             for s, b in enumerate(lora_b):
                 h = _round_like(buf[s, rows], b.dtype).unsqueeze(-1)  # [c, r, 1]
                 delta = torch.bmm(b[slots].float(), h).squeeze(-1) * row_scale
                 _add_rows(y[:, offsets[s] : offsets[s + 1]], rows, delta)
     else:
         for slot, rows in _slot_groups(meta):
-            slot_scale = scale[slot].float() if per_slot_scale else scale
+            slot_scale = scale[slot].float() if isinstance(scale, torch.Tensor) else scale
             for s, b in enumerate(lora_b):
                 h = _round_like(buf[s, rows], b.dtype)
                 delta = (h @ b[slot].float().t()) * slot_scale

@@ -17,7 +17,7 @@ class DemoQuestion:
 
 
 def _resource(name: str) -> str:
-    return resources.files("hyco_rag").joinpath("resources", "demo", name).read_text(encoding="utf-8")
+    return resources.files("hyco_rag").joinpath("resources").joinpath("demo").joinpath(name).read_text(encoding="utf-8")
 
 
 def load_demo_corpus() -> list[Passage]:

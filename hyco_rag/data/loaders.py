@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hyco_rag.data.paths import data_file
 from hyco_rag.data.schema import AnswerSpan, Passage, QAExample
@@ -26,7 +27,7 @@ TWOWIKI_CORPUS = "2wikimultihopqa/2wikimultihopqa_corpus.json"
 STRATEGYQA = "strategyqa/strategyqa_train.json"
 
 
-def _read_json(path: str | Path) -> object:
+def _read_json(path: str | Path) -> Any:
     path = Path(path)
     resolved = path if path.is_absolute() or path.is_file() else data_file(str(path))
     with open(resolved, encoding="utf-8") as handle:

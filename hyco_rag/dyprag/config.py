@@ -103,7 +103,7 @@ def _normalise_patterns(value: str | Sequence[str], name: str, *, allow_empty: b
     return tuple(item.lstrip(".") for item in items)
 
 
-def _match(patterns: str | tuple[str, ...], name: str) -> bool:
+def _match(patterns: str | Sequence[str], name: str) -> bool:
     if isinstance(patterns, str):
         return bool(patterns) and re.fullmatch(patterns, name) is not None
     return any(name == item or name.endswith("." + item) for item in patterns)

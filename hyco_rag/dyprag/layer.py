@@ -90,10 +90,12 @@ class DeltaHook:
         self.module = module
         self.state = state
         pair = state.batch.factors.get(name)
-        self.lora_a, self.lora_b = pair if pair is not None else (None, None)
+        self.lora_a: torch.Tensor | None = pair[0] if pair is not None else None
+        self.lora_b: torch.Tensor | None = pair[1] if pair is not None else None
 
     def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if self.lora_a is None:
+        lora_a, lora_b = self.lora_a, self.lora_b
+        if lora_a is None or lora_b is None:
             return None
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor):
@@ -109,10 +111,10 @@ class DeltaHook:
         self.state.calls += 1
         x3 = x.reshape(rows, -1, x.shape[-1])
         needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or output.requires_grad or self.lora_a.requires_grad or self.lora_b.requires_grad or batch.scale.requires_grad
+            x.requires_grad or output.requires_grad or lora_a.requires_grad or lora_b.requires_grad or batch.scale.requires_grad
         )
         if needs_grad:
-            delta = lora_delta_autograd(x3, self.lora_a, self.lora_b, batch.scale, self.state.row_slots(rows, x.device))
+            delta = lora_delta_autograd(x3, lora_a, lora_b, batch.scale, self.state.row_slots(rows, x.device))
             return output + delta.reshape(output.shape)
         from hyco_rag.kernels import add_lora
 
@@ -121,7 +123,7 @@ class DeltaHook:
         y2 = output.reshape(rows * seq, output.shape[-1])
         if y2.data_ptr() != output.data_ptr():  # reshape copied (non-contiguous output)
             y2 = y2.contiguous()
-            add_lora(y2, x3.reshape(rows * seq, -1), self.lora_a, self.lora_b, token_slots, batch.scale, meta=meta)
+            add_lora(y2, x3.reshape(rows * seq, -1), lora_a, lora_b, token_slots, batch.scale, meta=meta)
             return y2.reshape(output.shape)
-        add_lora(y2, x3.reshape(rows * seq, -1), self.lora_a, self.lora_b, token_slots, batch.scale, meta=meta)
+        add_lora(y2, x3.reshape(rows * seq, -1), lora_a, lora_b, token_slots, batch.scale, meta=meta)
         return output

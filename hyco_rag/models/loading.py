@@ -100,9 +100,9 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_causal_lm(name_or_path)
-    device = torch.device(device) if device is not None else default_device()
+    target = torch.device(device) if device is not None else default_device()
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved)
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype)
@@ -110,8 +110,8 @@ def load_causal_lm(
         raise _not_found(resolved, "LLM", error) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval()
-    logger.info("Loaded %s on %s (%s)", resolved, device, dtype)
+    model.to(target).eval()
+    logger.info("Loaded %s on %s (%s)", resolved, target, dtype)
     return model, tokenizer
 
 
@@ -122,8 +122,8 @@ def load_sentence_encoder(
     from sentence_transformers import SentenceTransformer
 
     resolved = resolve_sentence_encoder(name_or_path)
-    device = torch.device(device) if device is not None else default_device()
+    target = torch.device(device) if device is not None else default_device()
     try:
-        return SentenceTransformer(resolved, device=str(device))
+        return SentenceTransformer(resolved, device=str(target))
     except OSError as error:
         raise _not_found(resolved, "encoder", error) from error
