@@ -10,8 +10,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hyco_rag.tokens import count_tokens  # noqa: F401  (moved; imported here until its last caller is updated)
-
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -22,8 +20,7 @@ class PromptTemplate:
 
     system: str | None = None
     with_context: str = (
-        "Answer the question using the documents. Reply with a short phrase only.\n\n"
-        "{context}\n\nQuestion: {question}"
+        "Answer the question using the documents. Reply with a short phrase only.\n\n{context}\n\nQuestion: {question}"
     )
     without_context: str = "Answer the question with a short phrase only.\n\nQuestion: {question}"
     document: str = "Document [{index}]: {text}"

@@ -85,7 +85,7 @@ def config_file_name(device_name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in device_name) + ".json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_device_configs(config_dir: str, device_name: str) -> dict[str, Any]:
     """Read (once) the JSON launch configs of one GPU model; ``{}`` when there is none."""
     path = Path(config_dir) / config_file_name(device_name)
@@ -106,7 +106,7 @@ def clear_config_cache() -> None:
     _load_device_configs.cache_clear()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_properties(device: torch.device) -> tuple[str, int]:
     """(name, SM count) of a CUDA device; a small fake pair for the interpreter on CPU."""
     if device.type != "cuda":

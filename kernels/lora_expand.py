@@ -17,8 +17,6 @@ with a fake implementation for ``torch.compile``.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
@@ -192,7 +190,7 @@ def lora_expand(
     slot_token_starts: torch.Tensor,
     max_tokens_per_slot: int,
     decode: bool,
-    scale: Optional[torch.Tensor],
+    scale: torch.Tensor | None,
     scale_value: float,
 ) -> None:
     """Launch the expand kernels, adding every slice's delta into ``y`` in place.
@@ -259,7 +257,7 @@ def _lora_expand_fake(
     slot_token_starts: torch.Tensor,
     max_tokens_per_slot: int,
     decode: bool,
-    scale: Optional[torch.Tensor],
+    scale: torch.Tensor | None,
     scale_value: float,
 ) -> None:
     """Shape-only twin of :func:`lora_expand`: it only mutates ``y``."""

@@ -193,10 +193,7 @@ def add_lora(
     if meta is None:
         meta = LoRASlotMetadata.make(slot_ids)
     elif meta.num_tokens != x.shape[0] or meta.device != x.device:
-        raise ValueError(
-            f"meta was built for {meta.num_tokens} rows on {meta.device}, "
-            f"but x has {x.shape[0]} rows on {x.device}"
-        )
+        raise ValueError(f"meta was built for {meta.num_tokens} rows on {meta.device}, but x has {x.shape[0]} rows on {x.device}")
     num_slots = a_list[0].shape[0]
     if meta.max_slot_id >= num_slots:
         raise ValueError(f"slot id {meta.max_slot_id} is out of range for {num_slots} delta slots")

@@ -27,8 +27,8 @@ from .kernel_utils import (
     launch_config,
     next_power_of_2,
     select_slice,
-    tile_dot,
     split_k,
+    tile_dot,
 )
 
 

@@ -45,9 +45,7 @@ def _use_row_gather(meta: LoRASlotMetadata, row_elements: int) -> bool:
     return few_rows and row_elements <= GATHER_MAX_ROW_ELEMENTS
 
 
-def _row_chunks(
-    meta: LoRASlotMetadata, per_row_elements: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _row_chunks(meta: LoRASlotMetadata, per_row_elements: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(rows, their slots) of every row with a delta, in chunks bounding the gathered copies."""
     first = meta.slot_token_starts_host[0]
     rows = meta.sorted_token_ids[first:].long()
@@ -59,9 +57,7 @@ def _row_chunks(
 
 def _slot_groups(meta: LoRASlotMetadata) -> Iterator[tuple[int, torch.Tensor]]:
     """(slot, its rows) for every active slot: a loop over slots, never over rows."""
-    for slot, start, count in zip(
-        meta.active_slots_host, meta.slot_token_starts_host, meta.slot_token_counts_host
-    ):
+    for slot, start, count in zip(meta.active_slots_host, meta.slot_token_starts_host, meta.slot_token_counts_host):
         yield slot, meta.sorted_token_ids[start : start + count].long()
 
 
@@ -76,9 +72,7 @@ def _add_rows(y_cols: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> 
     y_cols.index_copy_(0, rows, updated.to(y_cols.dtype))
 
 
-def lora_shrink_torch(
-    x: torch.Tensor, lora_a: Sequence[torch.Tensor], meta: LoRASlotMetadata
-) -> torch.Tensor:
+def lora_shrink_torch(x: torch.Tensor, lora_a: Sequence[torch.Tensor], meta: LoRASlotMetadata) -> torch.Tensor:
     """``buf[s, t] = A_s[slot_t] @ x[t]`` in fp32.
 
     Returns:

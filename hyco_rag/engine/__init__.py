@@ -34,7 +34,28 @@ _EXPORTS = {
     "RequestHandle": "worker",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Answer",
+    "Completion",
+    "Engine",
+    "EngineClosedError",
+    "EngineConfig",
+    "EngineError",
+    "EngineListener",
+    "EngineOverloadedError",
+    "EngineStats",
+    "MODE_NAMES",
+    "Mode",
+    "PreparedRequest",
+    "RequestCancelledError",
+    "RequestHandle",
+    "RequestTimeoutError",
+    "SamplingParams",
+    "StopSequenceFilter",
+    "clear_engines",
+    "get_compressor",
+    "get_engine",
+]
 
 if TYPE_CHECKING:
     from hyco_rag.engine.engine import Engine, EngineConfig

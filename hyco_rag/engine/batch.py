@@ -154,12 +154,16 @@ class DecodeBatch:
 
     # ------------------------------------------------------------------ forwards
 
-    def _forward(self, rows: Sequence[Row], input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, past: int) -> torch.Tensor:
+    def _forward(
+        self, rows: Sequence[Row], input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, past: int
+    ) -> torch.Tensor:
         kwargs: dict[str, Any] = {self._cache_argument: cache}
         if self._takes_cache_position:  # transformers < 5.x derives nothing from the cache
             kwargs["cache_position"] = torch.arange(past, past + input_ids.shape[1], device=self.device)
         with self._hooks(rows):
-            output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **kwargs)
+            output = self.model(
+                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **kwargs
+            )
         return output.logits[:, -1, :].float()
 
     @torch.inference_mode()

@@ -76,7 +76,11 @@ class EngineConfig:
             raise ValueError(f"delta_cache_size must be an integer >= 0, got {self.delta_cache_size!r}")
         if self.timeout_s is not None and not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
             raise ValueError(f"timeout_s must be > 0 or None, got {self.timeout_s!r}")
-        if not (isinstance(self.compression_rate, float | int) and not isinstance(self.compression_rate, bool) and 0 < self.compression_rate <= 1):
+        if not (
+            isinstance(self.compression_rate, float | int)
+            and not isinstance(self.compression_rate, bool)
+            and 0 < self.compression_rate <= 1
+        ):
             raise ValueError(f"compression_rate must be in (0, 1], got {self.compression_rate!r}")
 
 
@@ -184,7 +188,15 @@ class Engine:
         from hyco_rag.engine.registry import load_engine_parts
 
         parts = load_engine_parts(model, translator, device)
-        return cls(parts.model, parts.tokenizer, parts.translator, config=config, name=parts.name, missing_translator=parts.missing_translator, **kwargs)
+        return cls(
+            parts.model,
+            parts.tokenizer,
+            parts.translator,
+            config=config,
+            name=parts.name,
+            missing_translator=parts.missing_translator,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ properties
 
@@ -281,7 +293,9 @@ class Engine:
                 self._compressor = get_compressor()
             return self._compressor
 
-    def _compress(self, compressor: Any, question: str, texts: list[str], rate: float | None, target_tokens: int | None) -> list[str]:
+    def _compress(
+        self, compressor: Any, question: str, texts: list[str], rate: float | None, target_tokens: int | None
+    ) -> list[str]:
         budget: dict[str, Any] = {}
         if target_tokens is not None:
             budget["target_tokens"] = target_tokens
@@ -380,7 +394,9 @@ class Engine:
         context = texts if chosen.uses_context else []
         if chosen.compresses and texts:
             start = time.perf_counter()
-            context = self._compress(compressor if compressor is not None else self.compressor, question, texts, rate, target_tokens)
+            context = self._compress(
+                compressor if compressor is not None else self.compressor, question, texts, rate, target_tokens
+            )
             request.timings["compress"] = time.perf_counter() - start
         with self.tokenizer_lock:
             request.context_tokens = sum(count_tokens(self.tokenizer, t) for t in context)
@@ -422,7 +438,14 @@ class Engine:
             )
         return sampling
 
-    def submit(self, request: PreparedRequest, sampling: SamplingParams | None = None, *, timeout_s: float | None = -1.0, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+    def submit(
+        self,
+        request: PreparedRequest,
+        sampling: SamplingParams | None = None,
+        *,
+        timeout_s: float | None = -1.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> RequestHandle:
         """Queue ``request`` for decoding; the handle streams or returns its completion.
 
         ``timeout_s=-1`` (the default) uses ``config.timeout_s``; ``None`` waits forever.
@@ -451,11 +474,15 @@ class Engine:
             handle.cancel()
             raise
 
-    def stream(self, request: PreparedRequest, sampling: SamplingParams | None = None, **kwargs: Any) -> Iterator[str | Completion]:
+    def stream(
+        self, request: PreparedRequest, sampling: SamplingParams | None = None, **kwargs: Any
+    ) -> Iterator[str | Completion]:
         """Text pieces as generated, then the :class:`Completion`; closing the iterator cancels."""
         return iter(self.submit(request, sampling, **kwargs))
 
-    async def astream(self, request: PreparedRequest, sampling: SamplingParams | None = None, **kwargs: Any) -> AsyncIterator[str | Completion]:
+    async def astream(
+        self, request: PreparedRequest, sampling: SamplingParams | None = None, **kwargs: Any
+    ) -> AsyncIterator[str | Completion]:
         handle = self.submit(request, sampling, loop=asyncio.get_running_loop(), **kwargs)
         try:
             async for item in handle:
@@ -465,13 +492,23 @@ class Engine:
 
     # ------------------------------------------------------------------ questions
 
-    def ask(self, question: str, documents: Sequence[str] = (), *, mode: Mode | str | None = None, **kwargs: Any) -> PreparedRequest:
+    def ask(
+        self, question: str, documents: Sequence[str] = (), *, mode: Mode | str | None = None, **kwargs: Any
+    ) -> PreparedRequest:
         """:meth:`prepare` for a single QA turn."""
         if isinstance(documents, str):
             raise ValueError("documents must be a list of strings, not one string")
         return self.prepare([{"role": "user", "content": question}], list(documents), mode=mode, **kwargs)
 
-    def answer(self, question: str, documents: Sequence[str] = (), *, mode: Mode | str | None = None, sampling: SamplingParams | None = None, **kwargs: Any) -> Answer:
+    def answer(
+        self,
+        question: str,
+        documents: Sequence[str] = (),
+        *,
+        mode: Mode | str | None = None,
+        sampling: SamplingParams | None = None,
+        **kwargs: Any,
+    ) -> Answer:
         """Answer one question with its passages in ``mode``."""
         request = self.ask(question, documents, mode=mode, **kwargs)
         return Answer(request, self.generate(request, sampling))
@@ -515,7 +552,9 @@ def _check_message(index: int, message: Mapping[str, str]) -> dict[str, str]:
 def _check_budget(rate: float | None, target_tokens: int | None) -> None:
     if rate is not None and target_tokens is not None:
         raise ValueError("give rate or target_tokens, not both")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or not 0 < rate <= 1):
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or not 0 < rate <= 1
+    ):
         raise ValueError(f"rate must be a number in (0, 1], got {rate!r}")
     if target_tokens is not None and (isinstance(target_tokens, bool) or not isinstance(target_tokens, int) or target_tokens < 1):
         raise ValueError(f"target_tokens must be an integer >= 1, got {target_tokens!r}")

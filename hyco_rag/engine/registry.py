@@ -121,7 +121,14 @@ def get_engine(
             start = time.perf_counter()
             parts = load_engine_parts(resolved_names, translator, target)
             parts.name = str(model) if model is not None else parts.name
-            engine = Engine(parts.model, parts.tokenizer, parts.translator, config=config, name=parts.name, missing_translator=parts.missing_translator)
+            engine = Engine(
+                parts.model,
+                parts.tokenizer,
+                parts.translator,
+                config=config,
+                name=parts.name,
+                missing_translator=parts.missing_translator,
+            )
             with _LOCK:
                 _ENGINES[key] = engine
             logger.info("engine for %s on %s ready in %.1fs", resolved_names, target, time.perf_counter() - start)

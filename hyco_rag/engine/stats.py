@@ -11,7 +11,9 @@ from typing import Protocol
 class EngineListener(Protocol):
     """Receives the engine's events (called from the worker thread; keep them cheap)."""
 
-    def on_request(self, status: str, latency_s: float, first_token_s: float | None, prompt_tokens: int, completion_tokens: int) -> None: ...
+    def on_request(
+        self, status: str, latency_s: float, first_token_s: float | None, prompt_tokens: int, completion_tokens: int
+    ) -> None: ...
 
     def on_step(self, batch_size: int, queue_depth: int) -> None: ...
 
@@ -34,7 +36,9 @@ class EngineStats:
     delta_cache_misses: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def on_request(self, status: str, latency_s: float, first_token_s: float | None, prompt_tokens: int, completion_tokens: int) -> None:
+    def on_request(
+        self, status: str, latency_s: float, first_token_s: float | None, prompt_tokens: int, completion_tokens: int
+    ) -> None:
         with self._lock:
             self.requests[status] = self.requests.get(status, 0) + 1
             self.prompt_tokens += prompt_tokens

@@ -53,7 +53,9 @@ class RequestHandle:
     the request; the worker frees its batch slot at the next step.
     """
 
-    def __init__(self, request: PreparedRequest, sampling: SamplingParams, timeout_s: float | None, loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(
+        self, request: PreparedRequest, sampling: SamplingParams, timeout_s: float | None, loop: asyncio.AbstractEventLoop | None
+    ) -> None:
         self.request = request
         self.sampling = sampling
         self.submitted_at = time.perf_counter()
@@ -240,7 +242,14 @@ class EngineWorker:
             self._cond.notify_all()
         return job.future.result()
 
-    def submit(self, request: PreparedRequest, sampling: SamplingParams, *, timeout_s: float | None, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+    def submit(
+        self,
+        request: PreparedRequest,
+        sampling: SamplingParams,
+        *,
+        timeout_s: float | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> RequestHandle:
         handle = RequestHandle(request, sampling, timeout_s, loop)
         row = Row(list(request.prompt_ids), sampling, request.delta)
         row.on_text = lambda piece: handle._push("text", piece)
@@ -272,7 +281,13 @@ class EngineWorker:
         handle._push("done", completion)
 
     def _fail(self, handle: RequestHandle, error: BaseException) -> None:
-        status = "cancelled" if isinstance(error, RequestCancelledError) else "timeout" if isinstance(error, RequestTimeoutError) else "error"
+        status = (
+            "cancelled"
+            if isinstance(error, RequestCancelledError)
+            else "timeout"
+            if isinstance(error, RequestTimeoutError)
+            else "error"
+        )
         self._notify_request(status, handle, None, time.perf_counter())
         handle._push("error", error)
 
@@ -349,7 +364,11 @@ class EngineWorker:
         self.batch.evict()  # rows that finished on their first token
 
     def _shutdown(self) -> None:
-        error = EngineClosedError("the engine is closed") if self._failure is None else EngineClosedError(f"the engine's worker died: {self._failure!r}")
+        error = (
+            EngineClosedError("the engine is closed")
+            if self._failure is None
+            else EngineClosedError(f"the engine's worker died: {self._failure!r}")
+        )
         with self._cond:
             self._closed = True
             waiting, self._waiting = list(self._waiting), deque()

@@ -28,9 +28,7 @@ SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #: Names users may type for the embedded defaults (compared case-insensitively).
 LLM_ALIASES = frozenset({DEFAULT_LLM.lower(), "smollm2-135m-instruct", "smollm2", "default"})
-ENCODER_ALIASES = frozenset(
-    {DEFAULT_ENCODER.lower(), "all-minilm-l6-v2", "minilm", "default"}
-)
+ENCODER_ALIASES = frozenset({DEFAULT_ENCODER.lower(), "all-minilm-l6-v2", "minilm", "default"})
 
 
 def _package_dir(module: str) -> Path | None:

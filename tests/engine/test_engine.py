@@ -36,7 +36,9 @@ QUESTIONS = ["When was it completed?", "Who won?", "How many prizes?", "How larg
 def _reference(model, tokenizer, prompt_ids, max_tokens, delta=None):
     """HF generate, one row, greedy: what every batched row must reproduce."""
     ids = torch.tensor([prompt_ids])
-    kwargs = dict(max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+    kwargs = dict(
+        max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None
+    )
     with torch.inference_mode():
         if delta is None:
             out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
@@ -249,7 +251,9 @@ def test_compressed_modes_use_the_compressor_with_its_budget(engine):
     request = engine.ask(QUESTIONS[1], [PASSAGES[1]], mode="combine-hyco", compressor=FirstWords(), target_tokens=9)
     assert seen == {"target_tokens": 9}
     assert request.delta is not None and 0 < request.context_tokens < request.passage_tokens
-    assert engine.ask(QUESTIONS[1], [PASSAGES[1]], mode="combine", compressor=FirstWords()).context_tokens == request.passage_tokens
+    assert (
+        engine.ask(QUESTIONS[1], [PASSAGES[1]], mode="combine", compressor=FirstWords()).context_tokens == request.passage_tokens
+    )
 
 
 def test_delta_modes_without_a_translator_say_why(tiny):

@@ -39,7 +39,11 @@ def test_each_mode_renders_the_core_qa_prompt(engine, tiny):
 
 def test_history_question_and_kept_prompts(engine, tiny):
     _, tokenizer = tiny
-    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    history = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
     plain = engine.prepare(history + [{"role": "user", "content": QUESTION}])
     assert plain.prompt == render_chat(tokenizer, history + [{"role": "user", "content": QUESTION}])
     asked = engine.prepare(history, [EIFFEL], mode="rag", question=QUESTION)
@@ -57,7 +61,9 @@ def test_explicit_deltas_win_and_nan_deltas_are_refused_before_submission(engine
     assert engine.generate(explicit, sampling).text == engine.generate(own, sampling).text
     broken = engine.combined_delta([EIFFEL])
     name = next(iter(broken.factors))
-    broken = type(broken)({**broken.factors, name: (broken.factors[name][0].clone().fill_(float("nan")), broken.factors[name][1])}, broken.scaling)
+    broken = type(broken)(
+        {**broken.factors, name: (broken.factors[name][0].clone().fill_(float("nan")), broken.factors[name][1])}, broken.scaling
+    )
     with pytest.raises(DeltaValueError, match="NaN"):
         engine.ask(QUESTION, [EIFFEL], mode="dyprag", delta=broken)
     assert hook_count(model) == 0 and not deltas_active(model)
@@ -72,5 +78,7 @@ def test_a_translator_of_another_model_is_refused(tiny):
 def _smaller_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2
+    )
     return LlamaForCausalLM(config).eval()
