@@ -260,16 +260,18 @@ class Engine:
         for listener in self.listeners:
             listener.on_delta_cache(hits, len(passages) - hits)
         if missing:
-            translator = self.translator
-
-            def translate() -> list[LoRADelta]:
-                return translator.translate(self.encoder.encode(missing))
-
-            for text, delta in zip(missing, self._worker.run_job(translate)):
+            for text, delta in zip(missing, self._worker.run_batched(missing, self._translate)):
                 delta.validate()
                 found[text] = delta
                 self._delta_cache.put(text, delta)
         return [found[text] for text in passages]  # type: ignore[misc]
+
+    def _translate(self, passages: list[str]) -> list[LoRADelta]:
+        """Encode and translate passages (on the worker: encoding runs the served model)."""
+        assert self.translator is not None
+        unique = list(dict.fromkeys(passages))
+        deltas = dict(zip(unique, self.translator.translate(self.encoder.encode(unique))))
+        return [deltas[text] for text in passages]
 
     def combined_delta(self, passages: Sequence[str]) -> LoRADelta | None:
         """The request's delta: its passages' deltas combined (``None`` without passages)."""

@@ -4,7 +4,7 @@ Callers never run the model.  They submit work and wait on a :class:`RequestHand
 async or streaming); the :class:`EngineWorker` thread loops:
 
 1. run queued *jobs* (passage encoding for deltas: it runs the model, so it runs here, never
-   while hooks are registered);
+   while hooks are registered); the waiting requests' passages are encoded in one batch;
 2. drop waiting requests that were cancelled or timed out;
 3. **admit** waiting requests into the running batch while it has free slots (prefill);
 4. one **decode step** for every running row; rows that finished (end of sequence, stop
@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from hyco_rag.engine.batch import DecodeBatch, Row
 from hyco_rag.engine.errors import EngineClosedError, EngineOverloadedError, RequestCancelledError, RequestTimeoutError
@@ -36,8 +36,6 @@ from hyco_rag.engine.sampling import SamplingParams
 from hyco_rag.engine.stats import EngineListener
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 #: How much longer than its own timeout a caller waits for the worker to report a request's
 #: end before it gives up on it (the worker checks timeouts between steps).
@@ -168,8 +166,12 @@ class RequestHandle:
 
 
 class _Job:
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
+    """Work for the model outside decoding, merged with the other waiting jobs of the same
+    ``batch_fn`` into one call over all their items."""
+
+    def __init__(self, items: list[Any], batch_fn: Callable[[list[Any]], list[Any]]) -> None:
+        self.items = items
+        self.batch_fn = batch_fn
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
 
@@ -231,16 +233,20 @@ class EngineWorker:
 
     # ------------------------------------------------------------------ submitting
 
-    def run_job(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the worker thread between decode steps and return its result."""
+    def run_batched(self, items: list[Any], batch_fn: Callable[[list[Any]], list[Any]]) -> list[Any]:
+        """``batch_fn(items)`` on the worker thread, merged with other callers' waiting items.
+
+        Concurrent requests that each need their passages encoded share one batched forward
+        instead of queueing one encoding after another between decode steps.
+        """
         if self.on_worker_thread:
-            return fn()
-        job = _Job(fn)
+            return batch_fn(items)
+        job = _Job(list(items), batch_fn)
         with self._cond:
             self._ensure_started()
             self._jobs.append(job)
             self._cond.notify_all()
-        return job.future.result()
+        return job.future.result()  # type: ignore[no-any-return]
 
     def submit(
         self,
@@ -313,12 +319,7 @@ class EngineWorker:
                         break
                     jobs = list(self._jobs)
                     self._jobs.clear()
-                for job in jobs:
-                    if job.future.set_running_or_notify_cancel():
-                        try:
-                            job.future.set_result(job.fn())
-                        except BaseException as error:
-                            job.future.set_exception(error)
+                self._run_jobs(jobs)
                 self._admit()
                 if len(self.batch):
                     try:
@@ -335,6 +336,24 @@ class EngineWorker:
             logger.exception("the engine worker died")
         finally:
             self._shutdown()
+
+    @staticmethod
+    def _run_jobs(jobs: list[_Job]) -> None:
+        groups: dict[Any, list[_Job]] = {}
+        for job in jobs:
+            if job.future.set_running_or_notify_cancel():
+                groups.setdefault(job.batch_fn, []).append(job)
+        for group in groups.values():
+            try:
+                results = group[0].batch_fn([item for job in group for item in job.items])
+                offset = 0
+                for job in group:
+                    job.future.set_result(results[offset : offset + len(job.items)])
+                    offset += len(job.items)
+            except BaseException as error:
+                for job in group:
+                    if not job.future.done():
+                        job.future.set_exception(error)
 
     def _admit(self) -> None:
         newcomers: list[Row] = []

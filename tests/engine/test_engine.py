@@ -288,3 +288,19 @@ def test_registry_loads_once_per_key_and_resolves_names_once(tiny, tmp_path, mon
     finally:
         registry.clear_engines()
     assert registry.engine_count() == 0
+
+
+def test_passages_of_concurrent_requests_are_encoded_in_one_batch(engine, monkeypatch):
+    calls: list[int] = []
+    real = engine.encoder.encode
+    monkeypatch.setattr(engine.encoder, "encode", lambda passages: calls.append(len(passages)) or real(passages))
+    busy = engine.submit(engine.ask(QUESTIONS[0], [], mode="none"), SamplingParams(max_tokens=60))
+    time.sleep(0.1)  # the worker is decoding; the encodings below wait for its next step together
+    texts = [f"Fresh passage number {i} about the batching of encodings." for i in range(4)]
+    threads = [threading.Thread(target=engine.ask, args=(QUESTIONS[1], [text]), kwargs={"mode": "dyprag"}) for text in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    busy.result()
+    assert sum(calls) == 4 and len(calls) < 4
