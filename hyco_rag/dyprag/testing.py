@@ -1,34 +1,42 @@
-"""Test support for code that serves :class:`~hyco_rag.dyprag.runtime.ParametricRAG` (the LangChain
+"""Test support for code that serves DyPRAG through :class:`hyco_rag.engine.Engine` (the LangChain
 and LlamaIndex chat adapters, or yours).
 
 Isolation tests (no cross-talk between concurrent requests, no delta leaking into a later call)
-can only fail if a delta visibly changes the answer.  The shipped translator's deltas are small,
-so :func:`strong_runtime` serves the same model with a translator whose random heads are large:
-every passage moves the answer.  :func:`default_runtime` is what the adapters serve by default
-(with a random translator while the package ships none).  Nothing here imports LangChain or
-LlamaIndex.
+can only fail if a delta visibly changes the answer.  Trained translators' deltas are small, so
+:func:`strong_translator` builds one whose random heads are large: every passage moves the
+answer.  :func:`strong_translator_dir` saves one for the embedded SmolLM2 (once per process) and
+:func:`served_engine` is the registry's engine of SmolLM2 with it, so the suites never depend on
+the shipped translator and every ``ChatHyCo``/``HyCoLLM`` built by name with
+``translator=strong_translator_dir()`` shares that one engine.  Nothing here imports LangChain
+or LlamaIndex.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import hashlib
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 if TYPE_CHECKING:
-    from hyco_rag.dyprag.runtime import ParametricRAG
+    from hyco_rag.dyprag.translator import ParameterTranslator
+    from hyco_rag.engine import Engine
 
 __all__ = [
     "BANANA",
     "EIFFEL",
     "QUESTION",
     "TESLA",
-    "default_runtime",
-    "runtime_fixtures",
-    "strong_runtime",
+    "engine_fixtures",
+    "served_engine",
+    "strong_translator",
+    "strong_translator_dir",
     "torch_threads",
     "weights_digest",
 ]
@@ -40,43 +48,45 @@ BANANA = "Bananas are elongated, edible fruits. They grow in clusters on large h
 TESLA = "Nikola Tesla was born in Smiljan, in the Austrian Empire, in 1856. He later moved to the United States."
 
 
-def default_runtime() -> ParametricRAG:
-    """The runtime the adapters serve by default (:func:`~hyco_rag.dyprag.serving.served_runtime`).
-
-    With the shipped translator, exactly that runtime; without one, the same served model with
-    a randomly initialised translator (seed 0), so the delta modes still run.
-    """
-    from hyco_rag.dyprag.runtime import ParametricRAG
-    from hyco_rag.dyprag.serving import served_runtime
-    from hyco_rag.dyprag.translator import ParameterTranslator, TranslatorConfig
-
-    served = served_runtime(None, None, None).runtime
-    if served.translator is not None:
-        return served
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return ParametricRAG(served.generator, ParameterTranslator(TranslatorConfig.for_model(served.model)))
-
-
-def strong_runtime(runtime: ParametricRAG | None = None, *, scale: float = 0.5, seed: int = 1) -> ParametricRAG:
-    """``runtime``'s model (default: :func:`default_runtime`) with large random translator heads.
+def strong_translator(model: torch.nn.Module, *, scale: float = 0.5, seed: int = 1) -> ParameterTranslator:
+    """A translator for ``model`` with large random heads (every passage visibly moves the answer).
 
     The trunk is initialised with seed 0 and the heads drawn from N(0, ``scale``) with ``seed``,
     without touching the global random generator.
     """
-    from hyco_rag.dyprag.runtime import ParametricRAG
     from hyco_rag.dyprag.translator import ParameterTranslator, TranslatorConfig
 
-    runtime = runtime if runtime is not None else default_runtime()
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        strong = ParameterTranslator(TranslatorConfig.for_model(runtime.model))
+        strong = ParameterTranslator(TranslatorConfig.for_model(model))  # type: ignore[arg-type]
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for kind in strong.types:
             strong.head_a[kind].weight.normal_(0, scale, generator=generator)
             strong.head_b[kind].weight.normal_(0, scale, generator=generator)
-    return ParametricRAG(runtime.generator, strong)
+    return strong
+
+
+@functools.cache
+def strong_translator_dir() -> str:
+    """A folder holding :func:`strong_translator` of the embedded SmolLM2 (built once per process,
+    removed at exit): pass it as ``translator=`` to serve SmolLM2 with strong deltas."""
+    from hyco_rag.models import load_causal_lm
+
+    model, _ = load_causal_lm(None, device="cpu")  # the translator records the model's fingerprint
+    directory = tempfile.mkdtemp(prefix="hyco-strong-translator-")
+    atexit.register(shutil.rmtree, directory, True)
+    strong_translator(model).save_pretrained(directory)
+    del model
+    return directory
+
+
+def served_engine() -> Engine:
+    """The registry's engine (:func:`hyco_rag.engine.get_engine`) of the embedded SmolLM2 with
+    :func:`strong_translator_dir`: loaded once per process, shared by every client built by name."""
+    from hyco_rag.engine import get_engine
+
+    return get_engine(None, strong_translator_dir())
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -102,12 +112,11 @@ def torch_threads(count: int = 1) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def runtime_fixtures() -> tuple[Any, Any, Any]:
-    """Module-scoped pytest fixtures ``(_one_thread, runtime, strong_runtime)`` for an adapter suite.
+def engine_fixtures() -> tuple[Any, Any]:
+    """Pytest fixtures ``(_one_thread, engine)`` for an adapter suite.
 
-    ``_one_thread`` (autouse) runs the module on one torch thread; ``runtime`` is
-    :func:`default_runtime`; ``strong_runtime`` is :func:`strong_runtime` on the same model.  In
-    a test module: ``_one_thread, runtime, strong_runtime = runtime_fixtures()``.
+    ``_one_thread`` (autouse, module scope) runs the module on one torch thread; ``engine`` is
+    :func:`served_engine`.  In a test module: ``_one_thread, engine = engine_fixtures()``.
     """
     import pytest
 
@@ -116,12 +125,8 @@ def runtime_fixtures() -> tuple[Any, Any, Any]:
         with torch_threads(1):
             yield
 
-    @pytest.fixture(scope="module", name="runtime")
-    def runtime_fixture() -> ParametricRAG:
-        return default_runtime()
+    @pytest.fixture(scope="module", name="engine")
+    def engine_fixture() -> Engine:
+        return served_engine()
 
-    @pytest.fixture(scope="module", name="strong_runtime")
-    def strong_runtime_fixture(runtime: ParametricRAG) -> ParametricRAG:
-        return strong_runtime(runtime)
-
-    return _one_thread, runtime_fixture, strong_runtime_fixture
+    return _one_thread, engine_fixture

@@ -1,8 +1,8 @@
 """DyPRAG as a LangChain chat model: retrieved documents become LoRA deltas of the served model.
 
-`ChatHyCo` serves a local Hugging Face causal LM (default: the embedded SmolLM2-135M-Instruct)
-through :class:`hyco_rag.dyprag.runtime.ParametricRAG`.  Documents reach it per call, so the
-deltas of one request never touch another:
+`ChatHyCo` is a thin client of the serving engine (:class:`hyco_rag.engine.Engine`), which
+serves a local Hugging Face causal LM (default: the embedded SmolLM2-135M-Instruct).  Documents
+reach it per call, so the deltas of one request never touch another:
 
 - as an invoke kwarg: ``chat.invoke("question", documents=[doc, ...])`` (also ``.bind``,
   ``.stream``, ``.ainvoke``, ``.astream``);
@@ -13,24 +13,27 @@ deltas of one request never touch another:
 
 Without documents (``documents=None``) it is a plain chat model over the whole conversation.
 With documents (even ``[]``), the last human message is the question and is worded with the
-core QA template, exactly as :meth:`ParametricRAG.answer` words it (the prompt the translator
-was trained with); system messages and earlier turns are kept in front of it.  What happens to
-the passages depends on ``mode``: ``none`` ignores them, ``rag`` puts them in the prompt,
-``dyprag`` turns them into deltas only, ``combine`` does both (with ``compressor`` shortening
-the prompt copy).
+core QA template, exactly as :meth:`Engine.answer` words it (the prompt the translator was
+trained with); system messages and earlier turns are kept in front of it.  What happens to the
+passages depends on ``mode`` (:class:`hyco_rag.engine.Mode`, one spelling everywhere):
+``none`` ignores them, ``rag`` puts them in the prompt, ``hyco`` puts them in compressed,
+``dyprag`` turns them into deltas only, ``combine`` does both, ``combine-hyco`` does both with
+the prompt copy compressed (by ``compressor`` when given, else the engine's HyCo compressor).
 
-The model is loaded lazily on first use, on the auto-detected device, and shared by every
-instance with the same model / translator / device (the process-wide registry
-:func:`hyco_rag.dyprag.serving.served_runtime`), so building many `ChatHyCo` objects costs
-nothing.  Prompt rendering, deltas, stop sequences and costs come from
-:mod:`hyco_rag.dyprag.serving`, shared with the LlamaIndex ``HyCoLLM``; this module only
-translates LangChain messages, documents and chunks.
+The engine is resolved on first use through :func:`hyco_rag.engine.get_engine` (loaded once per
+model / translator / device and shared by every `ChatHyCo` and LlamaIndex ``HyCoLLM``), so
+building many `ChatHyCo` objects costs nothing and importing this module does not import torch.
+Concurrent calls are batched by the engine; stop sequences end generation in the engine; closing
+a stream or cancelling an async call frees the request's slot.  This module only translates
+LangChain messages, documents and chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import sys
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -54,24 +57,22 @@ from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel,
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
 
+from hyco_rag.engine.modes import MODE_NAMES, Mode
+
 if TYPE_CHECKING:
-    from hyco_rag.dyprag.runtime import ParametricRAG
-    from hyco_rag.dyprag.serving import Completion, ServingRequest
+    from hyco_rag.engine import Completion, Engine, PreparedRequest, SamplingParams
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ChatHyCo"]
 
-#: Modes of the core runtime (``hyco_rag.dyprag.serving.MODES``; literal here so that importing
-#: this module does not import torch).
-MODES = ("none", "rag", "dyprag", "combine")
+#: The engine's modes (:data:`hyco_rag.engine.MODE_NAMES`; that module imports no torch).
+MODES = MODE_NAMES
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 #: Keys of ``additional_kwargs`` of the last human message that carry its documents.
 DOCUMENTS_KEY = "documents"
 #: Per-call keyword arguments `ChatHyCo` understands; anything else is a mistake we name.
 CALL_KWARGS = frozenset({"documents", "mode", "model", "max_tokens", "temperature"})
-
-
 
 # --------------------------------------------------------------------------- messages
 
@@ -181,9 +182,10 @@ class ChatHyCo(BaseChatModel):
         ```
 
     Per-call keyword arguments: ``documents``, ``mode``, ``model`` (another model name, served
-    by its own cached runtime), ``max_tokens``, ``temperature``.  The answer's
+    by its own cached engine), ``max_tokens``, ``temperature``.  The answer's
     ``response_metadata`` reports the mode, the passages injected as deltas, the context and
-    passage tokens, the rank of the applied delta and the time spent per stage.
+    passage tokens, the rank of the applied delta, the token counts and the time spent per stage
+    (``PreparedRequest.stats``); ``usage_metadata`` comes from the engine's completion.
     """
 
     model_name: str = Field(default=DEFAULT_MODEL, alias="model")
@@ -191,21 +193,22 @@ class ChatHyCo(BaseChatModel):
     translator: str | None = None
     """Folder of a saved ``ParameterTranslator``; ``None`` = the one shipped for the default model."""
     mode: str = "combine"
-    """Default mode: ``none``, ``rag``, ``dyprag`` or ``combine`` (see the module docstring)."""
+    """Default mode: ``none``, ``rag``, ``hyco``, ``dyprag``, ``combine`` or ``combine-hyco``."""
     max_tokens: int = Field(default=64, ge=1)
     """Most tokens generated per answer."""
     temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """0 = greedy (deterministic); above 0 samples at that temperature."""
     stop: list[str] | None = None
-    """Text at which an answer ends (not included)."""
+    """Text at which an answer ends (not included); the engine stops generating there."""
     device: str | None = None
     """Torch device; ``None`` picks CUDA when present, else CPU."""
     compressor: Any | None = Field(default=None, exclude=True)
-    """Shortens the prompt copy of the passages in ``combine`` mode: a LangChain
-    ``BaseDocumentCompressor`` (e.g. ``HyCoCompressor``) or any object with the core
-    ``.compress(query, documents) -> result.texts`` (e.g. ``hyco_rag.compression.HyCoCompressor``)."""
-    runtime: Any | None = Field(default=None, exclude=True)
-    """A ready ``ParametricRAG`` to serve instead of loading ``model``/``translator``."""
+    """Compresses the prompt copy of the passages in the ``hyco`` and ``combine-hyco`` modes (default:
+    the engine's HyCo compressor): a LangChain ``BaseDocumentCompressor`` (e.g.
+    ``langchain_hyco.HyCoCompressor``) or any object with the core ``.compress(query, documents)
+    -> result.texts`` (e.g. ``hyco_rag.compression.HyCoCompressor``)."""
+    engine: Any | None = Field(default=None, exclude=True)
+    """A ready :class:`hyco_rag.engine.Engine` to serve instead of loading ``model``/``translator``."""
     streaming: bool = False
     """Generate by streaming even when invoked (callbacks then see every token)."""
 
@@ -214,9 +217,7 @@ class ChatHyCo(BaseChatModel):
     @field_validator("mode")
     @classmethod
     def _check_mode(cls, value: str) -> str:
-        if value not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {value!r}")
-        return value
+        return Mode.parse(value).value
 
     @model_validator(mode="after")
     def _check_objects(self) -> Self:
@@ -227,8 +228,8 @@ class ChatHyCo(BaseChatModel):
                 "compressor must be a BaseDocumentCompressor or have .compress(query, documents), got "
                 f"{type(self.compressor).__name__}"
             )
-        if self.runtime is not None and not callable(getattr(self.runtime, "generate_prompts", None)):
-            raise ValueError(f"runtime must be a hyco_rag ParametricRAG, got {type(self.runtime).__name__}")
+        if self.engine is not None and not _is_engine(self.engine):
+            raise ValueError(f"engine must be a hyco_rag.engine.Engine, got {type(self.engine).__name__}")
         return self
 
     # ------------------------------------------------------------------ LangChain plumbing
@@ -273,35 +274,34 @@ class ChatHyCo(BaseChatModel):
 
     # ------------------------------------------------------------------ preparing a request
 
-    def _runtime_for(self, model: str | None) -> tuple[ParametricRAG, str | None]:
-        if self.runtime is not None:
+    def _engine_for(self, model: str | None) -> Engine:
+        """The engine of this call (blocking the first time a model loads)."""
+        if self.engine is not None:
             if model is not None and model != self.model_name:
-                raise ValueError(
-                    f"this ChatHyCo serves a given runtime; it cannot switch to model {model!r} per call"
-                )
-            return self.runtime, None
-        from hyco_rag.dyprag.serving import served_runtime
+                raise ValueError(f"this ChatHyCo serves a given engine; it cannot switch to model {model!r} per call")
+            return self.engine  # type: ignore[no-any-return]
+        from hyco_rag.engine import get_engine
 
-        served = served_runtime(model or self.model_name, self.translator, self.device)
-        return served.runtime, served.missing_translator
+        return get_engine(model or self.model_name, self.translator, self.device)
 
     def _model_name(self, kwargs: Mapping[str, Any]) -> str:
         return str(kwargs.get("model") or self.model_name)
 
-    def _prepare(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> ServingRequest:
-        """The core request of one call (blocking: run it off the event loop)."""
-        from hyco_rag.dyprag.serving import check_mode, prepare_request, sampling_config
+    def _call(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> _Call:
+        """Check one call's messages and arguments (cheap, no model): what to prepare."""
+        from hyco_rag.engine.sampling import SamplingParams
 
         unknown = set(kwargs) - CALL_KWARGS
         if unknown:
             raise ValueError(f"ChatHyCo got unexpected keyword arguments {sorted(unknown)}; it takes {sorted(CALL_KWARGS)}")
         if not messages:
             raise ValueError("ChatHyCo needs at least one message")
-        mode = check_mode(kwargs.get("mode") or self.mode)
-        config = sampling_config(int(kwargs.get("max_tokens", self.max_tokens)), float(kwargs.get("temperature", self.temperature)))
-        model = kwargs.get("model")
-        runtime, missing_translator = self._runtime_for(model)
-
+        mode = Mode.parse(kwargs.get("mode") or self.mode)
+        sampling = SamplingParams(
+            max_tokens=int(kwargs.get("max_tokens", self.max_tokens)),
+            temperature=float(kwargs.get("temperature", self.temperature)),
+            stop=tuple(stop if stop is not None else self.stop or ()),
+        )
         documents = kwargs.get("documents")
         last = messages[-1]
         if documents is None and isinstance(last, HumanMessage):
@@ -311,29 +311,38 @@ class ChatHyCo(BaseChatModel):
             if not isinstance(last, HumanMessage):
                 raise ValueError("with documents, the last message must be the HumanMessage that asks the question")
             texts = _document_texts(documents)
-        return prepare_request(
-            runtime,
-            _to_chat_dicts(messages),
-            texts,
-            mode=mode,
-            config=config,
-            compressor=_CompressorAdapter(self.compressor) if self.compressor is not None else None,
-            missing_translator=missing_translator,
-        )
+        compressor = _as_core_compressor(self.compressor) if self.compressor is not None and mode.compresses else None
+        return _Call(_to_chat_dicts(messages), texts, mode, sampling, compressor, kwargs.get("model"), self._model_name(kwargs))
+
+    def _prepare(self, messages: list[BaseMessage], kwargs: dict[str, Any], stop: list[str] | None = None) -> PreparedRequest:
+        """The engine request of one call (blocking: async callers use :meth:`_aprepare`)."""
+        call = self._call(messages, stop, kwargs)
+        return call.prepare(self._engine_for(call.model))
+
+    async def _aprepare(
+        self, messages: list[BaseMessage], kwargs: dict[str, Any], stop: list[str] | None
+    ) -> tuple[Engine, _Call, PreparedRequest]:
+        call = self._call(messages, stop, kwargs)
+        engine = await asyncio.to_thread(self._engine_for, call.model)  # the first call may load the model
+        return engine, call, await call.aprepare(engine)
 
     # ------------------------------------------------------------------ generation
 
-    def _response_metadata(self, request: ServingRequest, model_name: str, **extra: Any) -> dict[str, Any]:
-        return {"model_name": model_name, **request.stats(), "model_provider": "hyco", **extra}
+    def _response_metadata(
+        self, request: PreparedRequest, completion: Completion, model_name: str, **extra: Any
+    ) -> dict[str, Any]:
+        return {"model_name": model_name, **request.stats(completion), "model_provider": "hyco", **extra}
 
-    def _result(self, request: ServingRequest, model_name: str, completion: Completion) -> ChatResult:
+    def _result(self, request: PreparedRequest, model_name: str, completion: Completion) -> ChatResult:
         message = AIMessage(
             content=completion.text,
             usage_metadata=_usage(completion.prompt_tokens, completion.completion_tokens),
-            response_metadata=self._response_metadata(request, model_name),
+            response_metadata=self._response_metadata(request, completion, model_name, finish_reason=completion.finish_reason),
         )
         info = {"finish_reason": completion.finish_reason}
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)], llm_output={"model_name": model_name})
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info=info)], llm_output={"model_name": model_name}
+        )
 
     def _generate(
         self,
@@ -344,8 +353,10 @@ class ChatHyCo(BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
-        request = self._prepare(messages, kwargs)
-        return self._result(request, self._model_name(kwargs), request.generate(stop or self.stop))
+        call = self._call(messages, stop, kwargs)
+        engine = self._engine_for(call.model)
+        request = call.prepare(engine)
+        return self._result(request, call.model_name, engine.generate(request, call.sampling))
 
     async def _agenerate(
         self,
@@ -356,14 +367,14 @@ class ChatHyCo(BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return await agenerate_from_stream(self._astream(messages, stop=stop, run_manager=run_manager, **kwargs))
-        request = await asyncio.to_thread(self._prepare, messages, kwargs)
-        return self._result(request, self._model_name(kwargs), await request.agenerate(stop or self.stop))
+        engine, call, request = await self._aprepare(messages, kwargs, stop)
+        return self._result(request, call.model_name, await engine.agenerate(request, call.sampling))
 
-    def _chunk(self, item: str | Completion, request: ServingRequest, model_name: str) -> ChatGenerationChunk:
+    def _chunk(self, item: str | Completion, request: PreparedRequest, model_name: str) -> ChatGenerationChunk:
         """A text chunk, or for the final :class:`Completion` the usage/metadata chunk."""
         if isinstance(item, str):
             return ChatGenerationChunk(message=AIMessageChunk(content=item))
-        metadata = self._response_metadata(request, model_name, finish_reason=item.finish_reason)
+        metadata = self._response_metadata(request, item, model_name, finish_reason=item.finish_reason)
         return ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
@@ -381,12 +392,18 @@ class ChatHyCo(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request, model_name = self._prepare(messages, kwargs), self._model_name(kwargs)
-        for item in request.stream(stop or self.stop):
-            chunk = self._chunk(item, request, model_name)
-            if isinstance(item, str) and run_manager is not None:
-                run_manager.on_llm_new_token(item, chunk=chunk)
-            yield chunk
+        call = self._call(messages, stop, kwargs)
+        engine = self._engine_for(call.model)
+        request = call.prepare(engine)
+        items = engine.stream(request, call.sampling)
+        try:
+            for item in items:
+                chunk = self._chunk(item, request, call.model_name)
+                if isinstance(item, str) and run_manager is not None:
+                    run_manager.on_llm_new_token(item, chunk=chunk)
+                yield chunk
+        finally:
+            _close(items)  # a consumer that stopped early frees the engine slot now, not at GC
 
     async def _astream(
         self,
@@ -395,23 +412,101 @@ class ChatHyCo(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        request, model_name = await asyncio.to_thread(self._prepare, messages, kwargs), self._model_name(kwargs)
-        async for item in request.astream(stop or self.stop):
-            chunk = self._chunk(item, request, model_name)
-            if isinstance(item, str) and run_manager is not None:
-                await run_manager.on_llm_new_token(item, chunk=chunk)
-            yield chunk
+        engine, call, request = await self._aprepare(messages, kwargs, stop)
+        items = engine.astream(request, call.sampling)
+        try:
+            async for item in items:
+                chunk = self._chunk(item, request, call.model_name)
+                if isinstance(item, str) and run_manager is not None:
+                    await run_manager.on_llm_new_token(item, chunk=chunk)
+                yield chunk
+        finally:
+            await items.aclose()  # type: ignore[attr-defined]
 
 
-class _CompressorAdapter:
-    """A LangChain ``BaseDocumentCompressor`` (or a core compressor) seen as the core's
-    ``.compress(query, texts) -> .texts`` that :func:`hyco_rag.dyprag.serving.prepare_request` takes."""
+# --------------------------------------------------------------------------- engine plumbing
+
+
+class _Call:
+    """One checked call: the chat dicts, passages, mode, sampling and compressor it prepares with."""
+
+    def __init__(
+        self,
+        messages: list[dict[str, str]],
+        documents: list[str] | None,
+        mode: Mode,
+        sampling: SamplingParams,
+        compressor: Any | None,
+        model: str | None,
+        model_name: str,
+    ) -> None:
+        self.messages, self.documents, self.mode, self.sampling = messages, documents, mode, sampling
+        self.compressor, self.model, self.model_name = compressor, model, model_name
+
+    def _arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.messages, self.documents), {"mode": self.mode, "compressor": self.compressor}
+
+    def prepare(self, engine: Engine) -> PreparedRequest:
+        args, kwargs = self._arguments()
+        return engine.prepare(*args, **kwargs)
+
+    async def aprepare(self, engine: Engine) -> PreparedRequest:
+        args, kwargs = self._arguments()
+        return await engine.aprepare(*args, **kwargs)
+
+
+def _is_engine(value: Any) -> bool:
+    """Whether ``value`` is a :class:`hyco_rag.engine.Engine` (without importing torch: an engine
+    can only exist once its module was imported)."""
+    module = sys.modules.get("hyco_rag.engine.engine")
+    return module is not None and isinstance(value, module.Engine)
+
+
+def _close(items: Any) -> None:
+    close = getattr(items, "close", None)
+    if callable(close):
+        close()
+
+
+def _as_core_compressor(compressor: Any) -> Any:
+    """``compressor`` as the engine's ``.compress(query, texts, rate=|target_tokens=) -> .texts``.
+
+    A LangChain ``BaseDocumentCompressor`` is adapted (its own settings set its budget); a core
+    compressor that takes the budget keywords is passed as it is (so the engine counts the budget
+    in the served model's tokens); one that takes only ``(query, documents)`` gets no budget.
+    """
+    if isinstance(compressor, BaseDocumentCompressor):
+        return _DocumentCompressorAdapter(compressor)
+    if _takes_budget(compressor.compress):
+        return compressor
+    return _NoBudgetAdapter(compressor)
+
+
+def _takes_budget(method: Any) -> bool:
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    names = {p.name for p in parameters}
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters) or {"rate", "target_tokens"} <= names
+
+
+class _DocumentCompressorAdapter:
+    """A LangChain ``BaseDocumentCompressor`` seen as the core compressor protocol."""
+
+    def __init__(self, compressor: BaseDocumentCompressor) -> None:
+        self.compressor = compressor
+
+    def compress(self, query: str, texts: list[str], **budget: Any) -> Any:
+        kept = self.compressor.compress_documents([Document(page_content=t) for t in texts], query)
+        return SimpleNamespace(texts=[d.page_content for d in kept])
+
+
+class _NoBudgetAdapter:
+    """A core-protocol compressor whose ``compress`` takes only ``(query, documents)``."""
 
     def __init__(self, compressor: Any) -> None:
         self.compressor = compressor
 
-    def compress(self, query: str, texts: list[str]) -> Any:
-        if isinstance(self.compressor, BaseDocumentCompressor):
-            kept = self.compressor.compress_documents([Document(page_content=t) for t in texts], query)
-            return SimpleNamespace(texts=[d.page_content for d in kept])
+    def compress(self, query: str, texts: list[str], **budget: Any) -> Any:
         return self.compressor.compress(query, texts)

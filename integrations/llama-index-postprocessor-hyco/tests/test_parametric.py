@@ -1,32 +1,34 @@
 """`DyPRAGNodePostprocessor` in real LlamaIndex query engines with `HyCoLLM`.
 
 The index is the shared real `VectorStoreIndex` (MiniLM embeddings over the demo corpus, see
-conftest.py); the LLM is the real served SmolLM2-135M-Instruct.  `Settings.llm` stays the
-MockLLM of conftest.py: every engine here names its HyCoLLM explicitly.  The answering LLM uses
-a "strong" random translator whose deltas visibly change the answer, so a lost, leaked or
-crossed passage changes the output and fails a test.
+conftest.py); the LLM is the real served SmolLM2-135M-Instruct, through the process's one
+serving engine (:func:`hyco_rag.dyprag.testing.served_engine`).  `Settings.llm` stays the
+MockLLM of conftest.py: every engine here names its HyCoLLM explicitly.  The answering engine
+uses a "strong" random translator whose deltas visibly change the answer, so a lost, leaked or
+crossed passage changes the output and fails a test (and the shipped translator is never needed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
+from hyco_rag.dyprag import testing
+from hyco_rag.engine import MODE_NAMES, Engine
 from llama_index.core import Settings, VectorStoreIndex
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import MetadataMode, QueryBundle
-from pydantic import ValidationError
-
-from llama_index.llms.hyco import HyCoLLM, current_binding
+from llama_index.llms.hyco import HyCoLLM, PassagesMissingWarning, current_binding
 from llama_index.llms.hyco import base as hyco_llm_base
 from llama_index.postprocessor.hyco import DyPRAGNodePostprocessor
-
-from hyco_rag.dyprag import testing
 
 TESLA_Q = "Where was Nikola Tesla born?"
 SUPER_BOWL_Q = "Which team won Super Bowl 50?"
@@ -34,7 +36,7 @@ MAX_TOKENS = 5
 TOP_K = 2
 
 
-_one_thread, runtime, strong_runtime = testing.runtime_fixtures()
+_one_thread, engine_fixture = testing.engine_fixtures()
 
 
 @pytest.fixture(autouse=True)
@@ -46,11 +48,11 @@ def _fresh_binding() -> Iterator[None]:
 
 
 @pytest.fixture
-def llm(strong_runtime: Any) -> HyCoLLM:
-    return HyCoLLM(runtime=strong_runtime, max_new_tokens=MAX_TOKENS, mode="dyprag")
+def llm(engine: Engine) -> HyCoLLM:
+    return HyCoLLM(engine=engine, max_new_tokens=MAX_TOKENS, mode="dyprag")
 
 
-def engine(index: VectorStoreIndex, llm: HyCoLLM, **kwargs: Any) -> Any:
+def make_query_engine(index: VectorStoreIndex, llm: HyCoLLM, **kwargs: Any) -> Any:
     postprocessor = DyPRAGNodePostprocessor(llm, mode=kwargs.pop("mode", None), prompt=kwargs.pop("prompt", "core"))
     return index.as_query_engine(llm=llm, similarity_top_k=TOP_K, node_postprocessors=[postprocessor], **kwargs)
 
@@ -63,7 +65,7 @@ def passages(response: Any) -> list[str]:
 # --------------------------------------------------------------------------- the nodes
 
 
-@pytest.mark.parametrize("mode", ["none", "rag", "dyprag", "combine"])
+@pytest.mark.parametrize("mode", MODE_NAMES)
 def test_one_output_node_per_input_with_identity_and_a_metadata_copy(index: VectorStoreIndex, llm: HyCoLLM, mode: str) -> None:
     nodes = index.as_retriever(similarity_top_k=3).retrieve(TESLA_Q)
     originals = [(n.node.node_id, n.score, n.node.get_content(MetadataMode.NONE), dict(n.node.metadata)) for n in nodes]
@@ -77,7 +79,8 @@ def test_one_output_node_per_input_with_identity_and_a_metadata_copy(index: Vect
         assert before.node.get_content(MetadataMode.NONE) == text and before.node.metadata == metadata  # input untouched
         record = after.node.metadata["dyprag"]
         assert record["mode"] == mode
-        assert record["in_deltas"] == (mode in ("dyprag", "combine"))
+        assert record["in_deltas"] == (mode in ("dyprag", "combine", "combine-hyco"))
+        assert record["in_context"] == (not emptied)
         assert {k: v for k, v in after.node.metadata.items() if k != "dyprag"} == metadata
         assert "dyprag" not in after.node.get_content(MetadataMode.LLM)
         assert "dyprag" not in after.node.get_content(MetadataMode.EMBED)
@@ -109,30 +112,30 @@ def test_configuration_is_checked() -> None:
 
 @pytest.mark.parametrize("mode", ["rag", "dyprag", "combine"])
 def test_query_engine_answers_with_that_querys_nodes(index: VectorStoreIndex, llm: HyCoLLM, mode: str) -> None:
-    response = engine(index, llm, mode=mode).query(TESLA_Q)
+    response = make_query_engine(index, llm, mode=mode).query(TESLA_Q)
     texts = passages(response)
     assert len(texts) == TOP_K
     assert str(response) == llm.complete(TESLA_Q, documents=texts, mode=mode).text
 
 
 def test_dyprag_answer_comes_from_the_deltas(index: VectorStoreIndex, llm: HyCoLLM) -> None:
-    closed = engine(index, llm, mode="none").query(TESLA_Q)
-    injected = engine(index, llm, mode="dyprag").query(TESLA_Q)
+    closed = make_query_engine(index, llm, mode="none").query(TESLA_Q)
+    injected = make_query_engine(index, llm, mode="dyprag").query(TESLA_Q)
     assert all(n.node.get_content(MetadataMode.LLM) == "" for n in injected.source_nodes)
     assert str(injected) != str(closed)
     assert str(closed) == llm.complete(TESLA_Q, documents=[], mode="none").text
 
 
-def test_synthesizer_prompt_style_keeps_llamaindex_templates(index: VectorStoreIndex, strong_runtime: Any) -> None:
+def test_synthesizer_prompt_style_keeps_llamaindex_templates(index: VectorStoreIndex, engine: Engine) -> None:
     counter = TokenCountingHandler()
-    llm = HyCoLLM(runtime=strong_runtime, max_new_tokens=MAX_TOKENS)
+    llm = HyCoLLM(engine=engine, max_new_tokens=MAX_TOKENS)
 
     def query(mode: str, prompt: str) -> Any:
         # Building an engine hands the LLM the engine's callback manager (Settings' by default).
         previous = Settings._callback_manager
         Settings.callback_manager = CallbackManager([counter])
         try:
-            return engine(index, llm, mode=mode, prompt=prompt).query(TESLA_Q)
+            return make_query_engine(index, llm, mode=mode, prompt=prompt).query(TESLA_Q)
         finally:
             Settings._callback_manager = previous
 
@@ -148,23 +151,64 @@ def test_synthesizer_prompt_style_keeps_llamaindex_templates(index: VectorStoreI
 
 
 def test_streaming_query_engine_streams_the_same_answer(index: VectorStoreIndex, llm: HyCoLLM) -> None:
-    expected = str(engine(index, llm, mode="dyprag").query(SUPER_BOWL_Q))
-    streaming = engine(index, llm, mode="dyprag", streaming=True).query(SUPER_BOWL_Q)
+    expected = str(make_query_engine(index, llm, mode="dyprag").query(SUPER_BOWL_Q))
+    streaming = make_query_engine(index, llm, mode="dyprag", streaming=True).query(SUPER_BOWL_Q)
+    assert current_binding() is None  # the query ended; its lazily generated stream keeps its passages
     pieces = list(streaming.response_gen)
+    assert len(pieces) > 1
+    assert "".join(pieces) == expected
+
+
+async def test_async_streaming_query_engine_streams_the_same_answer(index: VectorStoreIndex, llm: HyCoLLM) -> None:
+    expected = str(await make_query_engine(index, llm, mode="dyprag").aquery(SUPER_BOWL_Q))
+    streaming = await make_query_engine(index, llm, mode="dyprag", streaming=True).aquery(SUPER_BOWL_Q)
+    assert current_binding() is None
+    pieces = [piece async for piece in streaming.async_response_gen()]
     assert len(pieces) > 1
     assert "".join(pieces) == expected
 
 
 def test_a_query_binding_does_not_leak_into_unrelated_calls(index: VectorStoreIndex, llm: HyCoLLM) -> None:
     other = "Name a famous painter."
-    fresh = llm.complete(other).text
-    engine(index, llm, mode="dyprag").query(TESLA_Q)
-    assert current_binding() is not None and current_binding().query == TESLA_Q
+    with pytest.warns(PassagesMissingWarning):
+        fresh = llm.complete(other).text
+    make_query_engine(index, llm, mode="dyprag").query(TESLA_Q)
+    assert current_binding() is None  # the binding ended with its query
     assert llm.complete(other).text == fresh
 
 
+def test_a_later_query_on_the_same_thread_does_not_see_old_passages(index: VectorStoreIndex, llm: HyCoLLM) -> None:
+    """Two sequential queries on one thread, the second without nodes (its engine has no
+    postprocessor): the second must answer from its own prompt, not the first's passages.  With
+    the binding left in the thread's context and matched by substring, it got them."""
+    plain_engine = index.as_query_engine(llm=llm, similarity_top_k=TOP_K)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PassagesMissingWarning)  # the second engine has no postprocessor: that is the point
+        alone = contextvars.Context().run(lambda: str(plain_engine.query(TESLA_Q)))  # a fresh thread context
+        bound = str(make_query_engine(index, llm, mode="dyprag").query(TESLA_Q))
+        after = str(plain_engine.query(TESLA_Q))
+    assert bound != alone  # the first query really used its passages as deltas
+    assert after == alone
+    assert current_binding() is None
+
+
+def test_a_query_starts_without_a_binding_left_by_a_direct_call(index: VectorStoreIndex, llm: HyCoLLM) -> None:
+    """Outside a query engine the postprocessor's binding stays in force in its context, but the
+    next query starts without it (and restores it when it ends)."""
+    nodes = index.as_retriever(similarity_top_k=TOP_K).retrieve(SUPER_BOWL_Q)
+    DyPRAGNodePostprocessor(llm, mode="dyprag").postprocess_nodes(nodes, query_bundle=QueryBundle(TESLA_Q))
+    left = current_binding()
+    assert left is not None and left.query == TESLA_Q
+    plain_engine = index.as_query_engine(llm=llm, similarity_top_k=TOP_K)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PassagesMissingWarning)
+        alone = contextvars.Context().run(lambda: str(plain_engine.query(TESLA_Q)))
+        assert str(plain_engine.query(TESLA_Q)) == alone  # the Super Bowl passages bound above did not reach it
+    assert current_binding() is left
+
+
 async def test_concurrent_async_queries_do_not_cross_talk(index: VectorStoreIndex, llm: HyCoLLM) -> None:
-    query_engine = engine(index, llm, mode="dyprag")
+    query_engine = make_query_engine(index, llm, mode="dyprag")
     sequential = {q: str(query_engine.query(q)) for q in (TESLA_Q, SUPER_BOWL_Q)}
     assert sequential[TESLA_Q] != sequential[SUPER_BOWL_Q]
     results = await asyncio.gather(query_engine.aquery(TESLA_Q), query_engine.aquery(SUPER_BOWL_Q), query_engine.aquery(TESLA_Q))
@@ -172,11 +216,13 @@ async def test_concurrent_async_queries_do_not_cross_talk(index: VectorStoreInde
 
 
 def test_concurrent_threaded_queries_do_not_cross_talk(index: VectorStoreIndex, llm: HyCoLLM) -> None:
-    query_engine = engine(index, llm, mode="dyprag")
+    query_engine = make_query_engine(index, llm, mode="dyprag")
     sequential = [str(query_engine.query(q)) for q in (TESLA_Q, SUPER_BOWL_Q)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         # Threads of a pool do not share the submitting context; each query binds its own.
-        threaded = list(pool.map(lambda q: contextvars.Context().run(lambda: str(query_engine.query(q))), [TESLA_Q, SUPER_BOWL_Q]))
+        threaded = list(
+            pool.map(lambda q: contextvars.Context().run(lambda: str(query_engine.query(q))), [TESLA_Q, SUPER_BOWL_Q])
+        )
     assert threaded == sequential
 
 
@@ -184,7 +230,9 @@ def test_works_with_settings_llm_and_a_postprocessor_without_llm(index: VectorSt
     previous = Settings._llm
     Settings.llm = llm
     try:
-        response = index.as_query_engine(similarity_top_k=TOP_K, node_postprocessors=[DyPRAGNodePostprocessor(mode="dyprag")]).query(TESLA_Q)
+        response = index.as_query_engine(
+            similarity_top_k=TOP_K, node_postprocessors=[DyPRAGNodePostprocessor(mode="dyprag")]
+        ).query(TESLA_Q)
     finally:
         Settings._llm = previous
     assert str(response) == llm.complete(TESLA_Q, documents=passages(response), mode="dyprag").text

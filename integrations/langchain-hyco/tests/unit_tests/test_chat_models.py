@@ -1,19 +1,19 @@
-"""`langchain_hyco.ChatHyCo` behaviour: documents per call, modes, isolation, async, streaming.
+"""`langchain_hyco.ChatHyCo` as a thin client of the serving engine: documents per call, the six
+modes, isolation, batching, async, streaming, stop sequences, cancellation.
 
 Everything runs the real served model (embedded SmolLM2-135M-Instruct, CPU) through real
-LangChain objects.  Two translators are used:
-
-- the shipped translator, or while none is shipped a randomly initialised one (near-zero
-  deltas that barely move the answer: enough for plumbing checks);
-- a "strong" random translator whose deltas visibly change the answer, passage by passage, so
-  that isolation checks (no cross-talk, no leak into later calls) can actually fail.
+LangChain objects, on one engine for the whole process (:func:`hyco_rag.dyprag.testing.served_engine`:
+the registry's engine of SmolLM2 with a "strong" random translator whose deltas visibly change
+the answer, passage by passage, so that isolation checks can actually fail, and that never
+depends on the shipped translator).  Mechanics that need no real model (an engine without a
+translator) use a tiny random Llama.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,17 +23,82 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from pydantic import ValidationError
 
 from hyco_rag.dyprag import testing
-from hyco_rag.dyprag.serving import StopSequenceFilter, served_runtime
-from hyco_rag.dyprag.testing import BANANA, EIFFEL, QUESTION, TESLA, weights_digest
-from langchain_hyco import ChatHyCo
+from hyco_rag.dyprag.testing import BANANA, EIFFEL, QUESTION, TESLA, strong_translator_dir, weights_digest
+from hyco_rag.engine import MODE_NAMES, Engine, SamplingParams
+from langchain_hyco import ChatHyCo, HyCoCompressor
 
 MAX_TOKENS = 5
+DEFAULT_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
-_one_thread, runtime, strong_runtime = testing.runtime_fixtures()
+_one_thread, engine = testing.engine_fixtures()
 
 
-def make_chat(runtime: Any, **kwargs: Any) -> ChatHyCo:
-    return ChatHyCo(runtime=runtime, max_tokens=kwargs.pop("max_tokens", MAX_TOKENS), **kwargs)
+def make_chat(engine: Engine, **kwargs: Any) -> ChatHyCo:
+    return ChatHyCo(engine=engine, max_tokens=kwargs.pop("max_tokens", MAX_TOKENS), **kwargs)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def engine_is_idle(engine: Engine) -> bool:
+    from hyco_rag.dyprag.injection import deltas_active
+
+    return engine.running == 0 and engine.queue_depth == 0 and not deltas_active(engine.model)
+
+
+class FirstSentence:
+    """A core-protocol compressor (``.compress(query, documents, **budget).texts``): keeps sentence one."""
+
+    class Result:
+        def __init__(self, texts: list[str]) -> None:
+            self.texts = texts
+
+    def __init__(self) -> None:
+        self.budgets: list[dict[str, Any]] = []
+
+    def compress(self, query: str, documents: list[str], **budget: Any) -> FirstSentence.Result:
+        self.budgets.append(budget)
+        return self.Result([d.split(". ")[0] + "." for d in documents])
+
+
+class FirstSentenceNoBudget:
+    """A core-protocol compressor that takes no budget keywords at all."""
+
+    def compress(self, query: str, documents: list[str]) -> FirstSentence.Result:
+        return FirstSentence.Result([d.split(". ")[0] + "." for d in documents])
+
+
+@pytest.fixture(scope="module")
+def tiny_parts() -> tuple[Any, Any]:
+    """A 2-layer random Llama with the SmolLM2 tokenizer (mechanics only)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hyco_rag.models import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).eval()
+    return model, tokenizer
 
 
 # --------------------------------------------------------------------------- construction
@@ -45,16 +110,19 @@ def test_construction_is_lazy_and_validated() -> None:
 
     with pytest.raises(ModelNotFoundError, match="nonexistent"):
         chat.invoke("hi")
-    with pytest.raises(ValidationError, match="mode must be one of"):
+    with pytest.raises(ValidationError, match="mode must be one of none, rag, hyco, dyprag, combine, combine-hyco"):
         ChatHyCo(mode="bogus")
+    with pytest.raises(ValidationError, match="mode must be one of"):
+        ChatHyCo(mode="combine_hyco")  # one spelling everywhere
+    assert [ChatHyCo(mode=m).mode for m in MODE_NAMES] == list(MODE_NAMES)
     with pytest.raises(ValidationError, match="max_tokens"):
         ChatHyCo(max_tokens=0)
     with pytest.raises(ValidationError, match="temperature"):
         ChatHyCo(temperature=-1.0)
     with pytest.raises(ValidationError, match="compressor"):
         ChatHyCo(compressor=object())
-    with pytest.raises(ValidationError, match="runtime"):
-        ChatHyCo(runtime=object())
+    with pytest.raises(ValidationError, match="engine must be a hyco_rag.engine.Engine"):
+        ChatHyCo(engine=object())
 
 
 def test_ls_params_report_the_served_model_and_the_override() -> None:
@@ -70,29 +138,37 @@ def test_ls_params_report_the_served_model_and_the_override() -> None:
 # --------------------------------------------------------------------------- modes and prompts
 
 
-@pytest.mark.parametrize("mode", ["none", "rag", "dyprag", "combine"])
-def test_each_mode_answers_like_the_core_runtime(strong_runtime: Any, mode: str) -> None:
-    """A question with documents is the core's QA turn: same prompt, same delta, same answer."""
-    from hyco_rag.generation import GenerationConfig
-
-    chat = ChatHyCo(runtime=strong_runtime, max_tokens=MAX_TOKENS)
+@pytest.mark.parametrize("mode", MODE_NAMES)
+def test_each_mode_answers_like_the_engine(engine: Engine, mode: str) -> None:
+    """A question with documents is the engine's QA turn: same prompt, same delta, same answer."""
+    compressor = FirstSentence()
+    chat = ChatHyCo(engine=engine, max_tokens=MAX_TOKENS, compressor=compressor)
     message = chat.invoke(QUESTION, documents=[Document(page_content=EIFFEL), TESLA], mode=mode)
-    core = strong_runtime.answer(QUESTION, [EIFFEL, TESLA], mode=mode, config=GenerationConfig(max_new_tokens=MAX_TOKENS))
+    core = engine.answer(
+        QUESTION, [EIFFEL, TESLA], mode=mode, sampling=SamplingParams(max_tokens=MAX_TOKENS), compressor=compressor
+    )
     assert message.content == core.text
-    assert message.usage_metadata["input_tokens"] == core.prompt_tokens
-    assert message.usage_metadata["output_tokens"] == core.completion_tokens
+    assert message.usage_metadata is not None
+    assert message.usage_metadata["input_tokens"] == core.completion.prompt_tokens == core.request.prompt_tokens
+    assert message.usage_metadata["output_tokens"] == core.completion.completion_tokens
     meta = message.response_metadata
     assert meta["mode"] == mode
-    assert meta["context_tokens"] == core.context_tokens
-    assert meta["passage_tokens"] == core.passage_tokens > 0
-    assert meta["passages_injected"] == core.passages_injected == (2 if mode in ("dyprag", "combine") else 0)
-    assert meta["delta_rank"] == core.delta_rank
-    assert (meta["context_tokens"] > 0) == (mode in ("rag", "combine"))
-    assert meta["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta["context_tokens"] == core.request.context_tokens
+    assert meta["passage_tokens"] == core.request.passage_tokens > 0
+    assert (
+        meta["passages_injected"] == core.request.passages_injected == (2 if mode in ("dyprag", "combine", "combine-hyco") else 0)
+    )
+    assert meta["delta_rank"] == core.request.delta_rank
+    assert (meta["context_tokens"] > 0) == (mode not in ("none", "dyprag"))
+    compressed = mode in ("hyco", "combine-hyco")
+    assert (0 < meta["context_tokens"] < meta["passage_tokens"]) == compressed
+    assert ("compress" in meta["timings"]) == compressed
+    assert meta["model_name"] == DEFAULT_NAME and meta["finish_reason"] in ("stop", "length")
+    assert meta["prompt_tokens"] == message.usage_metadata["input_tokens"]
 
 
-def test_without_documents_it_is_a_plain_chat_model(runtime: Any) -> None:
-    chat = make_chat(runtime, mode="dyprag")
+def test_without_documents_it_is_a_plain_chat_model(engine: Engine) -> None:
+    chat = make_chat(engine, mode="dyprag")
     message = chat.invoke([SystemMessage("You are terse."), HumanMessage("Say hello.")])
     assert message.content
     assert message.response_metadata["documents"] == 0
@@ -103,8 +179,8 @@ def test_without_documents_it_is_a_plain_chat_model(runtime: Any) -> None:
     assert request.delta is None
 
 
-def test_history_and_system_message_stay_in_front_of_the_question(runtime: Any) -> None:
-    chat = make_chat(runtime, mode="rag")
+def test_history_and_system_message_stay_in_front_of_the_question(engine: Engine) -> None:
+    chat = make_chat(engine, mode="rag")
     messages = [
         SystemMessage("Always answer in one word."),
         HumanMessage("Hi there"),
@@ -116,14 +192,14 @@ def test_history_and_system_message_stay_in_front_of_the_question(runtime: Any) 
     assert prompt.index("Hello!") < prompt.index(EIFFEL) < prompt.rindex(QUESTION)
     assert "named SmolLM" not in prompt  # the conversation's system message replaces the template default
     single = chat._prepare([HumanMessage(QUESTION)], {"documents": [EIFFEL]}).prompt
-    assert single == chat._runtime_for(None)[0].generator.prompt(QUESTION, [EIFFEL])
+    assert single == engine.ask(QUESTION, [EIFFEL], mode="rag").prompt
 
 
 # --------------------------------------------------------------------------- ways to pass documents
 
 
-def test_every_way_of_passing_documents_gives_the_same_answer(runtime: Any) -> None:
-    chat = make_chat(runtime, mode="combine")
+def test_every_way_of_passing_documents_gives_the_same_answer(engine: Engine) -> None:
+    chat = make_chat(engine, mode="combine")
     docs = [Document(page_content=EIFFEL, metadata={"source": "a"}), BANANA]
     by_kwarg = chat.invoke(QUESTION, documents=docs)
     by_bind = chat.bind(documents=docs).invoke(QUESTION)
@@ -139,9 +215,9 @@ def test_every_way_of_passing_documents_gives_the_same_answer(runtime: Any) -> N
     assert override.response_metadata["documents"] == 1
 
 
-def test_lcel_chain_over_a_real_retriever(runtime: Any, vector_store: Any) -> None:
+def test_lcel_chain_over_a_real_retriever(engine: Engine, vector_store: Any) -> None:
     retriever = vector_store.as_retriever(search_kwargs={"k": 2})
-    chat = make_chat(runtime, mode="dyprag")
+    chat = make_chat(engine, mode="dyprag")
     chain = chat.with_documents(retriever)
     question = "Who was Nikola Tesla?"
     answer = chain.invoke(question)
@@ -153,60 +229,80 @@ def test_lcel_chain_over_a_real_retriever(runtime: Any, vector_store: Any) -> No
     chunks = list(chain.stream(question))
     assert chunks[-1].chunk_position == "last" and chunks[-1].usage_metadata["input_tokens"] > 0
     assert "".join(c.content for c in chunks) == answer.content
-    rag_chunks = list(make_chat(runtime, mode="rag").with_documents(retriever).stream(question))
+    rag_chunks = list(make_chat(engine, mode="rag").with_documents(retriever).stream(question))
     assert len([c for c in rag_chunks if c.content]) > 2  # token by token through the chain, not one blob
 
 
 # --------------------------------------------------------------------------- isolation
 
 
-def test_deltas_change_the_answer_and_never_outlive_their_call(strong_runtime: Any) -> None:
+def test_deltas_change_the_answer_and_never_outlive_their_call(engine: Engine) -> None:
     from hyco_rag.dyprag.injection import deltas_active
 
-    chat = ChatHyCo(runtime=strong_runtime, max_tokens=MAX_TOKENS)
-    before = weights_digest(strong_runtime.model)
+    chat = ChatHyCo(engine=engine, max_tokens=MAX_TOKENS)
+    before = weights_digest(engine.model)
     closed = chat.invoke(QUESTION, documents=[EIFFEL], mode="none").content
     with_eiffel = chat.invoke(QUESTION, documents=[EIFFEL], mode="dyprag").content
     with_banana = chat.invoke(QUESTION, documents=[BANANA], mode="dyprag").content
     assert len({closed, with_eiffel, with_banana}) == 3  # the deltas really act, per passage
     assert chat.invoke(QUESTION, documents=[EIFFEL], mode="none").content == closed  # nothing leaked
-    assert not deltas_active(strong_runtime.model)
-    assert weights_digest(strong_runtime.model) == before
+    assert not deltas_active(engine.model)
+    assert weights_digest(engine.model) == before
 
 
-def test_an_error_mid_stream_leaves_no_delta_behind(strong_runtime: Any) -> None:
-    from hyco_rag.dyprag.injection import deltas_active
-
-    chat = ChatHyCo(runtime=strong_runtime, max_tokens=MAX_TOKENS)
+def test_an_error_mid_stream_leaves_no_delta_behind(engine: Engine) -> None:
+    chat = ChatHyCo(engine=engine, max_tokens=MAX_TOKENS)
     closed = chat.invoke(QUESTION, documents=[EIFFEL], mode="none").content
     stream = chat.stream(QUESTION, documents=[EIFFEL], mode="dyprag")
     next(stream)
     with pytest.raises(RuntimeError, match="consumer gave up"):
         stream.throw(RuntimeError("consumer gave up"))
-    assert not deltas_active(strong_runtime.model)
+    assert wait_until(lambda: engine_is_idle(engine))
     assert chat.invoke(QUESTION, documents=[EIFFEL], mode="none").content == closed
 
 
-async def test_concurrent_async_requests_equal_the_sequential_run(strong_runtime: Any) -> None:
-    chat = ChatHyCo(runtime=strong_runtime, max_tokens=MAX_TOKENS)
+class _BatchSizes:
+    """An engine listener that records the batch size of every decode step."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def on_request(self, *args: Any) -> None:
+        pass
+
+    def on_step(self, batch_size: int, queue_depth: int) -> None:
+        self.sizes.append(batch_size)
+
+    def on_delta_cache(self, hits: int, misses: int) -> None:
+        pass
+
+
+async def test_concurrent_async_requests_equal_the_sequential_run_and_are_batched(engine: Engine) -> None:
+    chat = ChatHyCo(engine=engine, max_tokens=12)
     requests = [([EIFFEL], "dyprag"), ([BANANA], "dyprag"), ([TESLA, EIFFEL], "combine")]
     sequential = [chat.invoke(QUESTION, documents=d, mode=m).content for d, m in requests]
     assert len(set(sequential)) == len(sequential)
 
     async def streamed(documents: list[str], mode: str) -> str:
-        return "".join([c.content async for c in chat.astream(QUESTION, documents=documents, mode=mode)])
+        return "".join([str(c.content) async for c in chat.astream(QUESTION, documents=documents, mode=mode)])
 
-    invoked = asyncio.gather(*(chat.ainvoke(QUESTION, documents=d, mode=m) for d, m in requests))
-    streams = asyncio.gather(*(streamed(d, m) for d, m in requests))
-    results, stream_texts = await asyncio.gather(invoked, streams)
+    recorder = _BatchSizes()
+    engine.add_listener(recorder)
+    try:
+        results = await asyncio.gather(*(chat.ainvoke(QUESTION, documents=d, mode=m) for d, m in requests))
+        stream_texts = await asyncio.gather(*(streamed(d, m) for d, m in requests))
+    finally:
+        engine.listeners.remove(recorder)
     assert [r.content for r in results] == sequential
     assert stream_texts == sequential
+    assert max(recorder.sizes) > 1, recorder.sizes  # the three calls shared decode steps
+    assert engine.stats.max_batch > 1
     batched = await chat.abatch([QUESTION] * 2, config={"max_concurrency": 2}, documents=[EIFFEL], mode="dyprag")
     assert [b.content for b in batched] == [sequential[0]] * 2
 
 
-async def test_async_calls_do_not_block_the_event_loop(runtime: Any) -> None:
-    chat = make_chat(runtime, mode="dyprag", max_tokens=6)
+async def test_async_calls_do_not_block_the_event_loop(engine: Engine) -> None:
+    chat = make_chat(engine, mode="dyprag", max_tokens=6)
     ticks = 0
     done = asyncio.Event()
 
@@ -228,15 +324,49 @@ async def test_async_calls_do_not_block_the_event_loop(runtime: Any) -> None:
     assert ticks >= max(5, int(elapsed / 0.01 * 0.1)), (ticks, elapsed)
 
 
-# --------------------------------------------------------------------------- streaming
+# --------------------------------------------------------------------------- cancellation
+
+
+def test_closing_a_sync_stream_early_frees_the_engine_slot(engine: Engine) -> None:
+    chat = make_chat(engine, mode="dyprag", max_tokens=200)
+    finished_before = engine.stats.requests.get("ok", 0)
+    stream = chat.stream("Write a long story about the tower.", documents=[EIFFEL])
+    first = next(stream)
+    assert isinstance(first, AIMessageChunk)
+    stream.close()
+    assert wait_until(lambda: engine_is_idle(engine), timeout=5.0), (engine.running, engine.queue_depth)
+    assert engine.stats.requests.get("ok", 0) == finished_before  # it was dropped, not run to the end
+    assert make_chat(engine, mode="none").invoke(QUESTION, documents=[EIFFEL]).content  # the engine still serves
+
+
+async def test_cancelled_async_calls_free_the_engine_slot(engine: Engine) -> None:
+    chat = make_chat(engine, mode="dyprag", max_tokens=200)
+    cancelled_before = engine.stats.requests.get("cancelled", 0)
+
+    task = asyncio.create_task(chat.ainvoke("Write a long story about the tower.", documents=[EIFFEL]))
+    assert await asyncio.to_thread(wait_until, lambda: engine.running == 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(wait_until, lambda: engine_is_idle(engine), 5.0)
+
+    stream = chat.astream("Write a long story about the tower.", documents=[BANANA])
+    await stream.__anext__()
+    await stream.aclose()
+    assert await asyncio.to_thread(wait_until, lambda: engine_is_idle(engine), 5.0)
+    assert engine.stats.requests.get("cancelled", 0) >= cancelled_before + 2
+
+
+# --------------------------------------------------------------------------- streaming and stops
 
 
 @pytest.mark.parametrize(("mode", "stop"), [("rag", False), ("dyprag", False), ("rag", True), ("combine", False)])
-def test_stream_equals_invoke_and_reports_usage_once(runtime: Any, mode: str, stop: bool) -> None:
-    chat = make_chat(runtime, mode=mode, max_tokens=8)
+def test_stream_equals_invoke_and_reports_usage_once(engine: Engine, mode: str, stop: bool) -> None:
+    chat = make_chat(engine, mode=mode, max_tokens=8)
     stops = None
     if stop:
         unstopped = chat.invoke(QUESTION, documents=[EIFFEL]).content
+        assert isinstance(unstopped, str)
         words = unstopped.split()
         assert len(words) >= 3, words
         # a word the model really generates, after a space, past the first word
@@ -244,9 +374,12 @@ def test_stream_equals_invoke_and_reports_usage_once(runtime: Any, mode: str, st
     invoked = chat.invoke(QUESTION, documents=[EIFFEL], stop=stops)
     chunks = list(chat.stream(QUESTION, documents=[EIFFEL], stop=stops))
     assert all(isinstance(c, AIMessageChunk) for c in chunks)
-    assert "".join(c.content for c in chunks) == invoked.content
+    assert "".join(str(c.content) for c in chunks) == invoked.content
     if stops:
         assert invoked.content and invoked.content == unstopped[: unstopped.index(stops[0])].rstrip()
+        assert invoked.response_metadata["finish_reason"] == "stop"
+        # the engine stopped generating at the stop sequence, not at max_tokens
+        assert invoked.usage_metadata["output_tokens"] < chat.invoke(QUESTION, documents=[EIFFEL]).usage_metadata["output_tokens"]
     with_usage = [c for c in chunks if c.usage_metadata and c.usage_metadata["input_tokens"]]
     assert len(with_usage) == 1 and with_usage[0] is chunks[-1]
     assert chunks[-1].chunk_position == "last"
@@ -257,11 +390,11 @@ def test_stream_equals_invoke_and_reports_usage_once(runtime: Any, mode: str, st
     full = chunks[0]
     for chunk in chunks[1:]:
         full = full + chunk
-    assert full.response_metadata["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert full.response_metadata["model_name"] == DEFAULT_NAME
     assert full.response_metadata["mode"] == mode
 
 
-def test_streaming_flag_feeds_callbacks_token_by_token(runtime: Any) -> None:
+def test_streaming_flag_feeds_callbacks_token_by_token(engine: Engine) -> None:
     class Tokens(BaseCallbackHandler):
         def __init__(self) -> None:
             self.tokens: list[str] = []
@@ -270,62 +403,48 @@ def test_streaming_flag_feeds_callbacks_token_by_token(runtime: Any) -> None:
             self.tokens.append(token)
 
     handler = Tokens()
-    chat = make_chat(runtime, mode="rag", streaming=True)
+    chat = make_chat(engine, mode="rag", streaming=True)
     message = chat.invoke(QUESTION, documents=[EIFFEL], config={"callbacks": [handler]})
     assert len(handler.tokens) > 1
     assert "".join(handler.tokens) == message.content
     assert message.usage_metadata["input_tokens"] > 0
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_text_cleaner_cuts_the_same_whole_or_in_pieces(seed: int) -> None:
-    rng = random.Random(seed)
-    alphabet = ["a", "b", " ", "\n", "ab", "ba", "  "]
-    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
-    stop = rng.choice([None, ["ab"], ["b a", "\n"], ["aa", "bbb"]])
-    whole = StopSequenceFilter(stop).clean(text)
-    cleaner = StopSequenceFilter(stop)
-    cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, rng.randint(0, 6))))
-    pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
-    streamed = "".join(cleaner.feed(p) for p in pieces) + cleaner.finish()
-    assert streamed == whole
-    assert whole == whole.strip()
-    for s in stop or []:
-        assert s not in whole
-
-
 # --------------------------------------------------------------------------- compressor
 
 
-class FirstSentence:
-    """A core-protocol compressor (``.compress(query, documents).texts``): keeps sentence one."""
-
-    class Result:
-        def __init__(self, texts: list[str]) -> None:
-            self.texts = texts
-
-    def compress(self, query: str, documents: list[str]) -> FirstSentence.Result:
-        return self.Result([d.split(". ")[0] + "." for d in documents])
-
-
-def test_combine_mode_puts_the_compressed_passages_in_the_prompt(runtime: Any) -> None:
-    chat = make_chat(runtime, mode="combine", compressor=FirstSentence())
-    message = chat.invoke(QUESTION, documents=[EIFFEL, TESLA])
-    meta = message.response_metadata
+@pytest.mark.parametrize("mode", ["hyco", "combine-hyco"])
+def test_compressing_modes_use_the_given_core_compressor(engine: Engine, mode: str) -> None:
+    compressor = FirstSentence()
+    chat = make_chat(engine, mode=mode, compressor=compressor)
+    meta = chat.invoke(QUESTION, documents=[EIFFEL, TESLA]).response_metadata
     assert 0 < meta["context_tokens"] < meta["passage_tokens"]
-    assert meta["passages_injected"] == 2  # deltas from the full passages
+    assert meta["passages_injected"] == (2 if mode == "combine-hyco" else 0)  # deltas from the full passages
     assert "compress" in meta["timings"]
+    assert compressor.budgets and "rate" in compressor.budgets[-1]  # the engine's default budget reached it
     prompt = chat._prepare([HumanMessage(QUESTION)], {"documents": [EIFFEL]}).prompt
     assert "1887 to 1889" not in prompt and "wrought-iron" in prompt
-    rag = chat.invoke(QUESTION, documents=[EIFFEL, TESLA], mode="rag")  # rag: uncompressed
-    assert rag.response_metadata["context_tokens"] == meta["passage_tokens"]
+    # a compressor that takes no budget keywords works too
+    no_budget = make_chat(engine, mode=mode, compressor=FirstSentenceNoBudget())
+    assert no_budget.invoke(QUESTION, documents=[EIFFEL, TESLA]).response_metadata["context_tokens"] == meta["context_tokens"]
+    # rag and combine place the passages uncompressed, whatever the compressor
+    for plain in ("rag", "combine"):
+        plain_meta = chat.invoke(QUESTION, documents=[EIFFEL, TESLA], mode=plain).response_metadata
+        assert plain_meta["context_tokens"] == meta["passage_tokens"] and "compress" not in plain_meta["timings"]
+
+
+def test_a_langchain_document_compressor_serves_combine_hyco(engine: Engine, hyco_core: Any) -> None:
+    chat = make_chat(engine, mode="combine-hyco", compressor=HyCoCompressor(compressor=hyco_core, rate=0.3))
+    meta = chat.invoke(QUESTION, documents=[EIFFEL, TESLA]).response_metadata
+    assert 0 < meta["context_tokens"] < meta["passage_tokens"]
+    assert meta["passages_injected"] == 2 and "compress" in meta["timings"]
 
 
 # --------------------------------------------------------------------------- bad input
 
 
-def test_bad_input_is_named(runtime: Any) -> None:
-    chat = make_chat(runtime, mode="rag")
+def test_bad_input_is_named(engine: Engine) -> None:
+    chat = make_chat(engine, mode="rag")
     with pytest.raises(ValueError, match="not a single one"):
         chat.invoke(QUESTION, documents=EIFFEL)
     with pytest.raises(ValueError, match=r"documents\[1\] must be a Document or a string"):
@@ -342,33 +461,47 @@ def test_bad_input_is_named(runtime: Any) -> None:
         chat.invoke([HumanMessage("hi"), AIMessage("hello")], documents=[EIFFEL])
     with pytest.raises(ValueError, match="'question' and 'documents'"):
         chat.with_documents().invoke({"query": QUESTION})
-    too_long = " ".join(["word"] * (runtime.window + 10))
-    with pytest.raises(ValueError, match="exceeds the model's window"):
+    with pytest.raises(ValueError, match="max_tokens must be an integer"):
+        chat.invoke(QUESTION, max_tokens=0)
+    too_long = " ".join(["word"] * (engine.window + 10))
+    with pytest.raises(ValueError, match="more than this engine accepts"):
         chat.invoke(QUESTION, documents=[too_long])
+    assert engine_is_idle(engine)  # nothing was submitted
 
 
-def test_delta_modes_without_a_translator_say_what_is_missing(runtime: Any) -> None:
-    from hyco_rag.dyprag.runtime import ParametricRAG
+def test_delta_modes_without_a_translator_say_what_is_missing(tiny_parts: tuple[Any, Any]) -> None:
+    bare = Engine(*tiny_parts, None)
+    try:
+        chat = ChatHyCo(engine=bare, max_tokens=4)
+        answer = chat.invoke(QUESTION, documents=[EIFFEL], mode="rag")  # rag needs no translator
+        assert answer.usage_metadata["output_tokens"] >= 1
+        with pytest.raises(ValueError, match="translator"):
+            chat.invoke(QUESTION, documents=[EIFFEL], mode="dyprag")
+        with pytest.raises(ValueError, match="cannot switch to model"):
+            chat.invoke(QUESTION, model="smollm2")
+        assert wait_until(lambda: bare.running == 0)
+    finally:
+        bare.close()
 
-    bare = ParametricRAG(runtime.generator, None)
-    chat = ChatHyCo(runtime=bare, max_tokens=4)
-    assert chat.invoke(QUESTION, documents=[EIFFEL], mode="rag").content  # rag needs no translator
-    with pytest.raises(ValueError, match="translator"):
-        chat.invoke(QUESTION, documents=[EIFFEL], mode="dyprag")
-    with pytest.raises(ValueError, match="cannot switch to model"):
-        chat.invoke(QUESTION, model="smollm2")
 
+def test_engines_by_name_are_resolved_once_and_shared(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ChatHyCo(model=...)` serves the registry's engine: aliases share it, and later calls
+    neither resolve (hash) the model again nor load anything."""
+    import hyco_rag.models
+    from hyco_rag.engine.registry import engine_count
 
-def test_the_default_runtime_is_loaded_lazily_and_shared(runtime: Any) -> None:
-    """`ChatHyCo()` by name serves the cached runtime; delta modes need the shipped translator."""
-    by_name = ChatHyCo(model="smollm2", mode="rag", max_tokens=4)
+    by_name = ChatHyCo(model="smollm2", translator=strong_translator_dir(), mode="dyprag", max_tokens=4)
     answer = by_name.invoke(QUESTION, documents=[EIFFEL])
-    assert answer.content == make_chat(runtime, mode="rag", max_tokens=4).invoke(QUESTION, documents=[EIFFEL]).content
+    assert by_name._engine_for(None) is engine  # an alias of the default model: the same engine
+    assert answer.content == make_chat(engine, mode="dyprag", max_tokens=4).invoke(QUESTION, documents=[EIFFEL]).content
     assert answer.response_metadata["model_name"] == "smollm2"
-    served = served_runtime("smollm2", None, None)
-    assert served is served_runtime(None, None, None)  # an alias shares the runtime of the default
-    if served.runtime.translator is None:
-        with pytest.raises(ValueError, match="no parameter translator is shipped"):
-            by_name.invoke(QUESTION, documents=[EIFFEL], mode="dyprag")
-    else:
-        assert by_name.invoke(QUESTION, documents=[EIFFEL], mode="dyprag").response_metadata["passages_injected"] == 1
+    assert answer.response_metadata["passages_injected"] == 1
+    count = engine_count()
+
+    def no_resolution(*args: Any, **kwargs: Any) -> str:
+        raise AssertionError("the model was resolved again")
+
+    monkeypatch.setattr(hyco_rag.models, "resolve_causal_lm", no_resolution)
+    assert by_name.invoke(QUESTION, documents=[EIFFEL]).content == answer.content
+    assert ChatHyCo(model="smollm2", translator=strong_translator_dir(), max_tokens=4).invoke("hi").content
+    assert engine_count() == count

@@ -1,9 +1,12 @@
 """`langchain_hyco.ChatHyCo` against the langchain-tests standard suites (unit + integration).
 
 The integration suite really generates with the embedded SmolLM2-135M-Instruct on CPU, with a
-small ``max_tokens`` so its ~30 generations stay quick.  It passes no documents (the suite knows
-nothing of them), so every call is a plain chat turn and the translator is never needed; the
-documents, modes and deltas are covered by test_chat_models.py.
+small ``max_tokens`` so its ~30 generations stay quick, through the registry's engine
+(:func:`hyco_rag.engine.get_engine`, loaded once and shared with test_chat_models.py: the model
+by name plus the test translator folder of :func:`hyco_rag.dyprag.testing.strong_translator_dir`,
+so the suite never depends on the shipped translator).  It passes no documents (the suite knows
+nothing of them), so every call is a plain chat turn; the documents, modes and deltas are
+covered by test_chat_models.py.
 Tool calling, structured output and multimodal input are not supported: the flags say so, and
 the suite skips those tests by itself, so nothing here is overridden.
 """
@@ -17,7 +20,7 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from hyco_rag.dyprag.testing import torch_threads
+from hyco_rag.dyprag.testing import strong_translator_dir, torch_threads
 from langchain_hyco import ChatHyCo
 
 
@@ -71,7 +74,12 @@ class TestChatHyCoIntegration(_ChatHyCoSuite, ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "mode": "dyprag", "max_tokens": 6}
+        return {
+            "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "translator": strong_translator_dir(),
+            "mode": "dyprag",
+            "max_tokens": 6,
+        }
 
     @property
     def supports_image_urls(self) -> bool:
@@ -95,5 +103,5 @@ class TestChatHyCoIntegration(_ChatHyCoSuite, ChatModelIntegrationTests):
 
     @property
     def model_override_value(self) -> str:
-        # An alias of the same embedded model: served by the same cached runtime, reported as given.
+        # An alias of the same embedded model: served by the same cached engine, reported as given.
         return "smollm2-135m-instruct"

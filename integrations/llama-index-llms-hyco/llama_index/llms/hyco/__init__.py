@@ -1,5 +1,21 @@
 """LlamaIndex llms of hyco-rag."""
 
-from llama_index.llms.hyco.base import DocumentBinding, HyCoLLM, bind_documents, current_binding
+from llama_index.llms.hyco.base import (
+    DocumentBinding,
+    HyCoLLM,
+    PassagesMissingWarning,
+    bind_documents,
+    current_binding,
+    documents_bound,
+    release_binding,
+)
 
-__all__: list[str] = ["DocumentBinding", "HyCoLLM", "bind_documents", "current_binding"]
+__all__: list[str] = [
+    "DocumentBinding",
+    "HyCoLLM",
+    "PassagesMissingWarning",
+    "bind_documents",
+    "current_binding",
+    "documents_bound",
+    "release_binding",
+]

@@ -4,20 +4,24 @@ A response synthesizer calls the LLM with a prompt and nothing else, so the node
 cannot travel to :class:`~llama_index.llms.hyco.HyCoLLM` as call arguments.
 `DyPRAGNodePostprocessor` therefore *binds* them to the query with
 :func:`llama_index.llms.hyco.bind_documents`: a :class:`contextvars.ContextVar`, so the binding
-is private to the task (``aquery``) or thread (``query``) that retrieved them, and HyCoLLM uses
-it only for a generation whose prompt contains that query's text.  Concurrent queries never see
-each other's passages.
+is private to the task (``aquery``) or thread (``query``) that retrieved them.  HyCoLLM uses it
+only for a generation whose prompt asks exactly that query, and the binding is scoped to the
+query: every LlamaIndex query starts without a binding and, when it ends, restores the one in
+force before it (see :mod:`llama_index.llms.hyco.base`).  So concurrent queries never see each
+other's passages, and a later query or call on a reused thread never sees an old query's.
 
-What the synthesizer then gets, per mode:
+What the synthesizer then gets, per mode (:class:`hyco_rag.engine.Mode`):
 
-=========== ===================================================== ==========================
-mode        nodes handed on                                        deltas of the answer
-=========== ===================================================== ==========================
-``none``    text emptied (closed book)                             no
-``rag``     unchanged text                                         no
-``dyprag``  text emptied: no passage token reaches the prompt      from the nodes' text
-``combine`` unchanged text                                         from the nodes' text
-=========== ===================================================== ==========================
+================  ==================================================  ======================
+mode              nodes handed on                                     deltas of the answer
+================  ==================================================  ======================
+``none``          text emptied (closed book)                          no
+``rag``           unchanged text                                      no
+``hyco``          unchanged text (compressed in the core prompt)      no
+``dyprag``        text emptied: no passage token reaches the prompt   from the nodes' text
+``combine``       unchanged text                                      from the nodes' text
+``combine-hyco``  unchanged text (compressed in the core prompt)      from the nodes' text
+================  ==================================================  ======================
 
 One output node per input node, with its ``id_``, ``score`` and relationships and a *copy* of
 its metadata plus ``metadata["dyprag"]`` (mode, whether the text went to deltas / context, and
@@ -26,9 +30,10 @@ excluded from the LLM and embed metadata; an emptied node excludes all its metad
 LLM, so the context really is empty.
 
 ``prompt="core"`` (default) makes HyCoLLM answer with the core QA prompt, as
-:meth:`hyco_rag.dyprag.runtime.ParametricRAG.answer` does (the wording the translator was
-trained with; the synthesizer's template is not used).  ``prompt="synthesizer"`` keeps the
-synthesizer's prompt and templates and only adds the deltas.
+:meth:`hyco_rag.engine.Engine.answer` does (the wording the translator was trained with; the
+synthesizer's template is not used; ``hyco`` modes compress the passages there).
+``prompt="synthesizer"`` keeps the synthesizer's prompt and templates and only adds the deltas
+(compress its context with ``HyCoNodePostprocessor`` then).
 """
 
 from __future__ import annotations
@@ -36,21 +41,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hyco_rag.engine.modes import Mode
+from hyco_rag.metadata import copy_metadata
 from llama_index.core.bridge.pydantic import Field, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, Node, NodeWithScore, QueryBundle, TextNode
 from llama_index.llms.hyco import HyCoLLM, bind_documents
-from llama_index.llms.hyco.base import MODES, PROMPT_STYLES
+from llama_index.llms.hyco.base import PROMPT_STYLES, _install_query_scopes
 from llama_index.postprocessor.hyco.base import _with_key
-
-from hyco_rag.metadata import copy_metadata
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DyPRAGNodePostprocessor"]
-
-_IN_CONTEXT = {"rag", "combine"}
-_TO_DELTAS = {"dyprag", "combine"}
 
 
 def _passage_text(node: BaseNode) -> str:
@@ -83,12 +85,13 @@ class DyPRAGNodePostprocessor(BaseNodePostprocessor):
     """
 
     llm: Any = Field(default=None, exclude=True, description="The HyCoLLM that answers (gives the default mode).")
-    mode: str | None = Field(default=None, description="none, rag, dyprag or combine; None: the LLM's mode.")
+    mode: str | None = Field(default=None, description="none, rag, hyco, dyprag, combine or combine-hyco; None: the LLM's mode.")
     prompt: str = Field(default="core", description="'core' QA prompt, or keep the 'synthesizer' prompt.")
     metadata_key: str = Field(default="dyprag", min_length=1, description="Metadata key of the per-node record.")
 
     def __init__(self, llm: Any = None, **kwargs: Any) -> None:
         super().__init__(llm=llm, **kwargs)
+        _install_query_scopes()  # before the first query starts, so its binding ends with it
 
     @model_validator(mode="after")
     def _check(self) -> DyPRAGNodePostprocessor:
@@ -98,8 +101,8 @@ class DyPRAGNodePostprocessor(BaseNodePostprocessor):
             )
         if self.llm is None and self.mode is None:
             raise ValueError("give the HyCoLLM that answers, or a mode")
-        if self.mode is not None and self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode is not None:
+            self.mode = Mode.parse(self.mode).value
         if self.prompt not in PROMPT_STYLES:
             raise ValueError(f"prompt must be one of {PROMPT_STYLES}, got {self.prompt!r}")
         return self
@@ -118,19 +121,22 @@ class DyPRAGNodePostprocessor(BaseNodePostprocessor):
         if isinstance(nodes, (NodeWithScore, BaseNode)):
             raise TypeError("nodes must be a list of NodeWithScore, not a single node")
         mode = self.effective_mode
+        chosen = Mode.parse(mode)
         texts = [_passage_text(n.node) for n in nodes]
+        # Ends with the query (see the module docstring); a direct call outside a query engine
+        # leaves it in force in this context until the next query starts.
         bind_documents(query_bundle.query_str, [t for t in texts if t.strip()], mode=mode, prompt=self.prompt)
         key = self.metadata_key
         out = []
         for item, text in zip(nodes, texts):
             node = item.node
-            record: dict[str, Any] = {"mode": mode, "in_deltas": mode in _TO_DELTAS, "in_context": mode in _IN_CONTEXT}
+            record: dict[str, Any] = {"mode": mode, "in_deltas": chosen.uses_deltas, "in_context": chosen.uses_context}
             update: dict[str, Any] = {
                 "relationships": dict(node.relationships),
                 "excluded_embed_metadata_keys": _with_key(node.excluded_embed_metadata_keys, key),
             }
             metadata = copy_metadata(node.metadata)
-            if mode in _IN_CONTEXT:
+            if chosen.uses_context:
                 update["excluded_llm_metadata_keys"] = _with_key(node.excluded_llm_metadata_keys, key)
             else:
                 record["text"] = text
