@@ -220,6 +220,16 @@ class Engine:
         """Also report steps, requests and delta-cache lookups to ``listener``."""
         self.listeners.append(listener)
 
+    def remove_listener(self, listener: EngineListener) -> None:
+        """Stop reporting to ``listener`` (no error when it was not listening)."""
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the engine was closed or its worker died (nothing more is served)."""
+        return self._worker.closed
+
     def close(self) -> None:
         """Stop the worker (waiting and running requests end with ``EngineClosedError``)."""
         self._worker.close()

@@ -223,6 +223,10 @@ class EngineWorker:
             self._thread.join(timeout=30)
 
     @property
+    def closed(self) -> bool:
+        return self._closed or self._failure is not None
+
+    @property
     def queue_depth(self) -> int:
         with self._cond:
             return len(self._waiting)
