@@ -131,25 +131,115 @@ def run_translator(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Quick SQuAD check of a translator: prints a table and writes JSON under benchmarks/results."""
-    from hyco_rag.dyprag import ParameterTranslator, ParametricRAG
+    from hyco_rag.dyprag import ParameterTranslator
+    from hyco_rag.dyprag.encoding import PassageEncoder
     from hyco_rag.dyprag.evaluate import evaluate_modes, squad_gold_examples
+    from hyco_rag.evaluation.parametric import DeltaReader, DeltaSource, strip_private
     from hyco_rag.generation import ChatGenerator, GenerationConfig
     from hyco_rag.results import format_table, write_results
 
     model, tokenizer = _setup(args)
     translator = ParameterTranslator.from_pretrained(args.translator, model=model)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, stop_at_newline=True)
-    rag = ParametricRAG(ChatGenerator(model, tokenizer, config), translator)
-    examples = squad_gold_examples(args.questions, seed=args.seed)
-    rows = evaluate_modes(rag, examples, args.modes, progress=not args.no_progress)
-    print(format_table(rows))
+    reader = DeltaReader(ChatGenerator(model, tokenizer, config), config)
+    source = DeltaSource(translator, PassageEncoder(model, tokenizer))
+    items = squad_gold_examples(args.questions, seed=args.seed)
+    rows = strip_private(evaluate_modes(reader, source, items, args.modes, progress=not args.no_progress))
+    columns = ["mode", "n", "em", "f1", "contains", "mean_answer_words", "s_per_q"]
+    print(format_table(rows, columns))
     path = write_results(
         "dyprag_quick_eval",
         rows,
-        config={"translator": str(args.translator or "shipped"), "questions": len(examples), "seed": args.seed,
-                "max_new_tokens": args.max_new_tokens, "threads": args.threads, "data": "SQuAD v1.1 dev, gold passage"},
+        config={"translator": str(args.translator or "shipped"), "questions": len(items), "seed": args.seed,
+                "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+                "data": "SQuAD v1.1 dev, gold passage, SHORT_ANSWER_TEMPLATE"},
     )
     print(f"results: {path}")
+    return 0
+
+
+DEFAULT_DISTILL = "runs/dyprag/distill"
+
+
+def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work", default=DEFAULT_DISTILL, help="cache + checkpoint folder (resumable)")
+    parser.add_argument("--output", default=DEFAULT_TRANSLATOR, help="folder for the trained translator")
+    parser.add_argument("--squad-passages", type=int, default=160, help="SQuAD v1.1 TRAIN paragraphs")
+    parser.add_argument("--cards", type=int, default=128, help="synthetic training cards")
+    parser.add_argument("--val", type=int, default=24, help="SQuAD-train paragraphs and cards each held out of training")
+    parser.add_argument("--val-eval", type=int, default=None, help="how many of the held-out ones the report scores (default: all)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    parser.add_argument("--max-passage-tokens", type=int, default=160)
+    parser.add_argument("--hidden-dim", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-passages", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--margin-weight", type=float, default=1.0)
+    parser.add_argument("--kl-weight", type=float, default=1.0)
+    parser.add_argument("--ce-weight", type=float, default=1.0)
+    _common(parser)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    """Context distillation: cache features + teacher once, train, save translator + report."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from hyco_rag.data import load_squad
+    from hyco_rag.dyprag.training.distill import (
+        DistillConfig,
+        build_cache,
+        card_passages,
+        check_no_overlap,
+        load_squad_train,
+        passage_key,
+        train_distilled,
+    )
+    from hyco_rag.results import write_json_atomic, write_text_atomic
+
+    squad_n, cards_n, val = args.squad_passages, args.cards, args.val
+    if args.quick:
+        squad_n, cards_n, val = 6, 6, 2
+    config = DistillConfig(
+        squad_passages=squad_n, cards=cards_n, val_squad=val, val_cards=val, max_passage_tokens=args.max_passage_tokens,
+        hidden_dim=8 if args.quick else args.hidden_dim, epochs=args.epochs, batch_passages=2 if args.quick else args.batch_passages,
+        lr=args.lr, max_steps=args.max_steps, w_margin=args.margin_weight, w_kl=args.kl_weight, w_ce=args.ce_weight, seed=args.seed,
+    )
+    wall, cpu = time.perf_counter(), time.process_time()
+    model, tokenizer = _setup(args)
+    squad = load_squad_train(limit=squad_n + val, seed=args.seed)
+    cards = card_passages(cards_n + val, seed=args.seed)
+    train_passages = squad[val:] + cards[val:]
+    scored = val if args.val_eval is None else min(val, args.val_eval)
+    val_passages = squad[:scored] + cards[:scored]
+    # The leak check: no training paragraph may be a SQuAD v1.1 dev paragraph (what we score).
+    keys = {passage_key(p.text) for p in train_passages}
+    dev_texts = sorted({p.text for ex in load_squad(num_distractors=0) for p in ex.passages})
+    check_no_overlap(keys, dev_texts, "SQuAD v1.1 dev set")
+    work = Path(args.work)
+    records = build_cache(model, tokenizer, train_passages, work / "cache-train", config)
+    val_records = build_cache(model, tokenizer, val_passages, work / "cache-val", config)
+    cache_cpu = time.process_time() - cpu
+    translator, report = train_distilled(model, tokenizer, records, config, work / "train", val_records=val_records)
+    out = translator.save_pretrained(args.output)
+    report.update(
+        command="python -m hyco_rag.cli.train_dyprag " + " ".join(sys.argv[1:]),
+        cache_cpu_seconds=round(cache_cpu, 1),
+        total_cpu_seconds=round(time.process_time() - cpu, 1),
+        total_wall_seconds=round(time.perf_counter() - wall, 1),
+        threads=args.threads,
+        data="SQuAD v1.1 train (squad-train-extra/train-v1.1-explorer.json) + synthetic training cards; "
+        "checked disjoint from SQuAD v1.1 dev",
+    )
+    write_json_atomic(out / "training.json", report)
+    write_text_atomic(out / "training_passages.txt", "".join(sorted(k + "\n" for k in keys)))
+    print(f"translator ({translator.num_parameters():,} parameters) -> {out}")
+    for key in ("heldout_squad_answer_ce", "heldout_card_answer_ce"):
+        if key in report:
+            print(f"  {key}: " + json.dumps(report[key]))
+    del torch
     return 0
 
 
@@ -171,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="stage", required=True)
     configure("prag", sub.add_parser("prag", help="stage 1", formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     configure("translator", sub.add_parser("translator", help="stage 2", formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    distill = sub.add_parser("distill", help="translator by context distillation", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_distill_arguments(distill)
+    distill.set_defaults(handler=run_distill)
     both = sub.add_parser("all", help="stage 1 then stage 2", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_prag_arguments(both)
     both.add_argument("--translator-output", default=DEFAULT_TRANSLATOR, help="folder for the trained translator")

@@ -3,14 +3,19 @@
 DyPRAG trains one independent two-layer MLP per (module, layer): 3 * L of them, 38M-138M
 parameters for 1B-8B backbones.  Ours keeps the same input/output contract with a shared trunk:
 
-    z        = trunk(LayerNorm(e))                          shared by every target   [p]
+    x        = (e - mu) / sigma                             standardised by training-passage statistics
+    z        = trunk(LayerNorm(x))                          shared by every target   [p]
     z_t      = GELU(z * (1 + gamma_t) + beta_t)             FiLM per target (layer l, type m)
-    A_t      = A0_t + head^A_m(z_t).view(r, in_m)           head shared by all layers of type m
-    B_t      = B0_t + head^B_m(z_t).view(out_m, r)
+    A_t      = head^A_m(z_t).view(r, in_m)                  head shared by all layers of type m
+    B_t      = head^B_m(z_t).view(out_m, r)  [+ g_t * direct_m(LayerNorm(x)) for out_m == D]
 
-``A0_t, B0_t`` is a per-target static delta: the part of the per-passage LoRAs common to all
-passages (initialised to their mean before stage 2), so the heads only model what depends on
-the passage.  For SmolLM2-135M (r = 2, p = 32) that is ~0.8M parameters, ~3 MB in fp32.
+Everything is a function of the passage: there is **no static, passage-independent delta** (an
+earlier version held a per-target ``A0, B0`` initialised to the mean PRAG LoRA, which gave a
+format gain for free and hid that the passage part learned nothing).  ``B`` starts at zero, so
+an untrained translator's deltas are exactly zero.  Modules whose output lives in the residual
+stream (``down_proj``: ``out == D``) also get a *direct* path, a linear map of the full
+``D``-dimensional passage embedding into ``B`` (gated per target), which the ``p``-dimensional
+trunk would otherwise bottleneck.
 
 Saved as ``config.json`` + ``model.safetensors``; the config records the base model's identity
 (name, architecture sizes, every target's shape and an embedding-weight fingerprint), and
@@ -46,7 +51,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_NAME = "hyco-rag-parameter-translator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Relative L2 distance of the embedding fingerprint above which a model counts as "another".
 FINGERPRINT_TOLERANCE = 0.05
 #: Where the shipped default translator lives (for the embedded SmolLM2-135M-Instruct).
@@ -93,6 +98,7 @@ class TranslatorConfig:
     targets: dict[str, list[int]]
     rank: int = 2
     hidden_dim: int = 32
+    direct: bool = True  # direct embedding -> B path for modules whose out_features == input_dim
     delta: dict[str, object] = field(default_factory=lambda: DeltaConfig().to_dict())
     base_model: dict[str, object] = field(default_factory=dict)
     format: str = FORMAT_NAME
@@ -103,6 +109,11 @@ class TranslatorConfig:
             raise ValueError(f"not a translator config (format {self.format!r}, expected {FORMAT_NAME!r})")
         if self.version > FORMAT_VERSION:
             raise ValueError(f"translator format version {self.version} is newer than this hyco-rag ({FORMAT_VERSION})")
+        if self.version < FORMAT_VERSION:
+            raise ValueError(
+                f"translator format version {self.version} held a static passage-independent delta, which "
+                f"version {FORMAT_VERSION} removed; retrain it (python -m hyco_rag.cli.train_dyprag distill)"
+            )
         if self.input_dim < 1 or self.hidden_dim < 1 or self.rank < 1:
             raise ValueError(f"input_dim, hidden_dim and rank must be positive, got {self.input_dim}, {self.hidden_dim}, {self.rank}")
         if not self.targets:
@@ -170,31 +181,48 @@ class ParameterTranslator(nn.Module):
         self.film_beta = nn.Parameter(torch.zeros(len(self.names), p))
         self.head_a = nn.ModuleDict()
         self.head_b = nn.ModuleDict()
-        self.base_a = nn.ParameterDict()
-        self.base_b = nn.ParameterDict()
+        self.head_direct = nn.ModuleDict()
+        self.direct_norm = nn.LayerNorm(d)
         for t, (i, o) in config.module_types.items():
-            count = len(self.type_targets[t])
             self.head_a[t] = nn.Linear(p, r * i, bias=False)
             self.head_b[t] = nn.Linear(p, o * r, bias=False)
-            self.base_a[t] = nn.Parameter(torch.zeros(count, r, i))
-            self.base_b[t] = nn.Parameter(torch.zeros(count, o, r))
+            if config.direct and o == d:
+                self.head_direct[t] = nn.Linear(d, r * d, bias=False)
+        self.direct_gate = nn.Parameter(torch.ones(len(self.names), r))
+        # Input standardisation, set from the training passages' embeddings (identity until then).
+        self.register_buffer("feature_mean", torch.zeros(d))
+        self.register_buffer("feature_std", torch.ones(d))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Small heads, zero static delta, FiLM at identity; layer indices break the symmetry."""
+        """``A`` heads LoRA-scaled, ``B`` heads zero (zero deltas), FiLM at identity plus a layer sinusoid."""
         generator = torch.Generator().manual_seed(0)
+        p = self.config.hidden_dim
         for t in self.types:
-            for head in (self.head_a[t], self.head_b[t]):
-                nn.init.normal_(head.weight, std=1e-3 / math.sqrt(self.config.hidden_dim), generator=generator)
-            nn.init.zeros_(self.base_a[t])
-            nn.init.zeros_(self.base_b[t])
+            i, _ = self.config.module_types[t]
+            nn.init.normal_(self.head_a[t].weight, std=1.0 / math.sqrt(i * p), generator=generator)
+            nn.init.zeros_(self.head_b[t].weight)
+            if t in self.head_direct:
+                nn.init.zeros_(self.head_direct[t].weight)
         layers = torch.tensor([layer_index(n) for n in self.names], dtype=torch.float32)
         span = max(1.0, float(layers.max()))
         with torch.no_grad():
             self.film_gamma.zero_()
+            self.direct_gate.fill_(1.0)
             # A fixed sinusoid of the layer index in beta: heads start layer-aware.
-            freqs = torch.arange(self.config.hidden_dim, dtype=torch.float32) / self.config.hidden_dim
+            freqs = torch.arange(p, dtype=torch.float32) / p
             self.film_beta.copy_(0.1 * torch.sin(layers[:, None] / span * math.pi * (1 + 4 * freqs)[None, :]))
+
+    @torch.no_grad()
+    def set_feature_statistics(self, embeddings: torch.Tensor) -> None:
+        """Standardise inputs by the mean and std of training-passage embeddings ``[N, D]``."""
+        embeddings = embeddings.float()
+        self.feature_mean.copy_(embeddings.mean(0))
+        self.feature_std.copy_(embeddings.std(0).clamp_min(1e-4) if embeddings.shape[0] > 1 else torch.ones_like(self.feature_std))
+
+    def mean_embedding(self) -> torch.Tensor:
+        """``[1, D]``: the average training passage (its delta is the ``format_only`` control)."""
+        return self.feature_mean[None].clone()
 
     @property
     def rank(self) -> int:
@@ -208,7 +236,10 @@ class ParameterTranslator(nn.Module):
         if embeddings.dim() != 2 or embeddings.shape[1] != self.config.input_dim:
             raise ValueError(f"embeddings must be [N, {self.config.input_dim}], got {tuple(embeddings.shape)}")
         weight = self.trunk[0].weight
-        z = self.trunk(self.norm(embeddings.to(device=weight.device, dtype=weight.dtype)))  # [N, p]
+        x = embeddings.to(device=weight.device, dtype=weight.dtype)
+        x = (x - self.feature_mean.to(x.dtype)) / self.feature_std.to(x.dtype)
+        z = self.trunk(self.norm(x))  # [N, p]
+        direct_in = self.direct_norm(x) if len(self.head_direct) else None
         r = self.config.rank
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for t in self.types:
@@ -218,8 +249,11 @@ class ParameterTranslator(nn.Module):
                 z[:, None, :] * (1 + self.film_gamma.index_select(0, index))[None] + self.film_beta.index_select(0, index)[None]
             )  # [N, L_t, p]
             i, o = self.config.module_types[t]
-            a = self.head_a[t](zt).view(z.shape[0], len(rows), r, i) + self.base_a[t][None]
-            b = self.head_b[t](zt).view(z.shape[0], len(rows), o, r) + self.base_b[t][None]
+            a = self.head_a[t](zt).view(z.shape[0], len(rows), r, i)
+            b = self.head_b[t](zt).view(z.shape[0], len(rows), o, r)
+            if t in self.head_direct:
+                direct = self.head_direct[t](direct_in).view(z.shape[0], 1, r, o).transpose(-1, -2)  # [N, 1, o, r]
+                b = b + direct * self.direct_gate.index_select(0, index)[None, :, None, :]
             for k, target in enumerate(rows):
                 out[self.names[target]] = (a[:, k], b[:, k])
         return out
@@ -233,15 +267,6 @@ class ParameterTranslator(nn.Module):
             LoRADelta({name: (a[n], b[n]) for name, (a, b) in factors.items()}, scaling)
             for n in range(embeddings.shape[0])
         ]
-
-    @torch.no_grad()
-    def init_static_delta(self, targets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Set ``A0, B0`` to the mean of collected per-passage LoRAs (``name -> ([N,r,in], [N,out,r])``)."""
-        for t in self.types:
-            for k, index in enumerate(self.type_targets[t]):
-                a, b = targets[self.names[index]]
-                self.base_a[t][k].copy_(a.float().mean(0))
-                self.base_b[t][k].copy_(b.float().mean(0))
 
     # ------------------------------------------------------------------ compatibility
 
@@ -296,13 +321,16 @@ class ParameterTranslator(nn.Module):
 
     # ------------------------------------------------------------------ persistence
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each atomically)."""
+    def save_pretrained(self, directory: str | os.PathLike[str], *, dtype: torch.dtype = torch.float16) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (each atomically).
+
+        Weights are stored as ``dtype`` (default fp16: half the bytes; :meth:`from_pretrained`
+        loads them back as fp32)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: value.detach().float().cpu().contiguous() for name, value in self.state_dict().items()}
+        tensors = {name: value.detach().to(dtype).cpu().contiguous() for name, value in self.state_dict().items()}
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
         os.close(fd)
         try:
@@ -363,7 +391,7 @@ class ParameterTranslator(nn.Module):
                     f"{weights_path}: tensor {key!r} is {tuple(value.shape)} but the config (rank "
                     f"{config.rank}, hidden_dim {config.hidden_dim}) needs {tuple(expected[key].shape)}"
                 )
-        translator.load_state_dict(state)
+        translator.load_state_dict({key: value.float() for key, value in state.items()})
         translator.to(map_location).eval()
         if model is not None:
             translator.check_compatible(model, delta_config)

@@ -1,4 +1,5 @@
-"""Parameter translator: shapes, save/load round trip, and refusing the wrong model or rank."""
+"""Parameter translator: shapes, no passage-independent delta, save/load round trip, and
+refusing the wrong model or rank."""
 
 from __future__ import annotations
 
@@ -55,9 +56,39 @@ def test_save_load_round_trip(translator, tiny_llama, tmp_path):
     assert config["base_model"]["targets"]["model.layers.1.mlp.down_proj"] == [64, 32]
     loaded = ParameterTranslator.from_pretrained(tmp_path, model=model)
     x = torch.randn(2, 32)
-    for name, (a, b) in translator(x).items():
+    for name, (a, b) in translator(x).items():  # stored as fp16, loaded as fp32
         la, lb = loaded(x)[name]
-        assert torch.equal(a, la) and torch.equal(b, lb)
+        assert la.dtype == torch.float32
+        torch.testing.assert_close(la, a, rtol=2e-2, atol=2e-3)
+        torch.testing.assert_close(lb, b, rtol=2e-2, atol=2e-3)
+
+
+def test_no_static_delta_and_an_untrained_translator_changes_nothing(tiny_llama):
+    model, _ = tiny_llama
+    fresh = ParameterTranslator(TranslatorConfig.for_model(model, hidden_dim=8))
+    assert not [k for k in fresh.state_dict() if "base_" in k]  # the old A0/B0 are gone
+    for _, (a, b) in fresh(torch.randn(3, 32)).items():
+        assert a.abs().sum() > 0 and torch.count_nonzero(b) == 0  # B starts at zero: zero deltas
+    assert "model.layers.0.mlp.down_proj" in [fresh.names[i] for i in fresh.type_targets["down_proj"]]
+    assert "down_proj" in fresh.head_direct and "up_proj" not in fresh.head_direct  # out == hidden only
+
+
+def test_feature_statistics_and_the_average_passage(tiny_llama):
+    model, _ = tiny_llama
+    t = ParameterTranslator(TranslatorConfig.for_model(model, hidden_dim=8))
+    feats = torch.randn(10, 32) * 3 + 5
+    t.set_feature_statistics(feats)
+    torch.testing.assert_close(t.mean_embedding()[0], feats.mean(0))
+    torch.testing.assert_close(t.feature_std, feats.std(0))
+
+
+def test_a_version_1_translator_is_refused_with_a_reason(translator, tmp_path):
+    translator.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["version"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="static passage-independent delta"):
+        ParameterTranslator.from_pretrained(tmp_path)
 
 
 def test_another_model_is_refused(translator, tmp_path):
@@ -99,3 +130,5 @@ def test_shipped_translator_fits_the_embedded_model(smollm2):
     deltas = translator.translate(torch.randn(1, 576))
     assert len(deltas[0].factors) == 90
     deltas[0].validate()
+    report = json.loads((DEFAULT_TRANSLATOR_DIR / "training.json").read_text())
+    assert "command" in report and (DEFAULT_TRANSLATOR_DIR / "training_passages.txt").is_file()

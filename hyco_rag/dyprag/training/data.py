@@ -1,7 +1,7 @@
 """Training passages and the token sequences both stages train on.
 
-Each training passage is a SQuAD paragraph (cs224n v2.0 files, disjoint from the v1.1 dev set
-we evaluate on) with its answerable questions.  PRAG augments a passage with an LLM-written
+Each training passage is a SQuAD v1.1 *train* paragraph (``squad-train-extra``; never the cs224n
+files, which are v1.1 dev paragraphs) with its answerable questions.  PRAG augments a passage with an LLM-written
 rewrite and LLM-written QA pairs; with a 135M model and a CPU budget we keep the cheap part of
 that recipe and use SQuAD's own questions instead of generated ones:
 
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
+#: SQuAD v1.1 TRAIN (relative to ../shared/data): 18,896 paragraphs, none shared with v1.1 dev.
+#: The cs224n v2.0 files are v1.1 dev paragraphs and must never be trained on.
+SQUAD_V11_TRAIN = "squad-train-extra/train-v1.1-explorer.json"
 SEQUENCE_KINDS = ("passage", "closed", "context")
 
 
@@ -71,9 +74,14 @@ def load_training_passages(
     ``offset``/``limit`` then select disjoint slices (e.g. for held-out validation).  Very long
     paragraphs (``> max_chars``) are skipped: they dominate the CPU cost of a step.
     """
-    from hyco_rag.data import SQUAD_TRAIN, squad_paragraphs
+    from hyco_rag.data import squad_paragraphs
 
-    paths = (paths,) if isinstance(paths, str) else tuple(paths or SQUAD_TRAIN)
+    paths = (paths,) if isinstance(paths, str) else tuple(paths or (SQUAD_V11_TRAIN,))
+    for path in paths:
+        if "cs224n" in str(path) or "dev-v1.1" in str(path):
+            raise ValueError(
+                f"{path} holds SQuAD v1.1 dev paragraphs (the evaluation set); train on {SQUAD_V11_TRAIN}"
+            )
     passages: list[TrainingPassage] = []
     for path in paths:
         for paragraph in squad_paragraphs(path):

@@ -59,7 +59,7 @@ class TranslatorTrainConfig:
     max_context: int = field(default=1, metadata={"help": "QA-with-passage sequences per passage and step"})
     max_batch_tokens: int = field(default=2048, metadata={"help": "padded tokens per micro-batch"})
     val_passages: int = field(default=8, metadata={"help": "pairs held out for the final report"})
-    init_static_from_pairs: bool = field(default=True, metadata={"help": "start A0/B0 at the mean PRAG LoRA"})
+    init_static_from_pairs: bool = field(default=False, metadata={"help": "ignored: the translator has no static delta any more (kept so old training.json files still load)"})
     seed: int = field(default=0, metadata={"help": "shuffling seed"})
 
     def __post_init__(self) -> None:
@@ -219,8 +219,8 @@ def train_translator(
         name: (float(a.pow(2).mean().clamp_min(1e-12)), float(b.pow(2).mean().clamp_min(1e-12)))
         for name, (a, b) in train.factors.items()
     }
-    if config.init_static_from_pairs:
-        translator.init_static_delta(train.factors)
+    # No static mean-LoRA initialisation: the translator holds no passage-independent delta.
+    translator.set_feature_statistics(train.embeddings)
     device = next(model.parameters()).device
     translator.to(device).train()
     injector = DeltaInjector(model, delta_config)
