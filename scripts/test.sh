@@ -8,6 +8,13 @@ venv=${HYCO_RAG_VENV:-.venv}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false NO_MKDOCS_2_WARNING=1
 
 "$venv/bin/python" -c "import hyco_rag" # the core imports on its own
+# Lint, format and types first: seconds, and they name the problem before a long test run.
+"$venv/bin/ruff" check hyco_rag kernels integrations tests benchmarks
+"$venv/bin/ruff" format --check hyco_rag kernels integrations
+MYPYPATH=integrations/langchain-hyco:integrations/llama-index-postprocessor-hyco:integrations/llama-index-retrievers-hyco:integrations/llama-index-llms-hyco \
+    "$venv/bin/mypy" hyco_rag kernels integrations/langchain-hyco/langchain_hyco \
+    integrations/llama-index-postprocessor-hyco/llama_index integrations/llama-index-retrievers-hyco/llama_index \
+    integrations/llama-index-llms-hyco/llama_index
 # One pytest run (one closing summary): unit tests, integration packages, example notebooks.
 if [ "$#" -eq 0 ]; then
     for path in tests integrations examples; do [ -e "$path" ] && set -- "$@" "$path"; done

@@ -26,4 +26,4 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_format_table_aligns_columns():
     table = format_table([{"a": 1.234, "b": "x"}, {"a": 10.0, "b": None}])
     lines = table.splitlines()
-    assert lines[0].split() == ["a", "b"] and "1.23" in lines[2] and len({len(l.rstrip()) > 0 for l in lines}) == 1
+    assert lines[0].split() == ["a", "b"] and "1.23" in lines[2] and len({len(line.rstrip()) > 0 for line in lines}) == 1

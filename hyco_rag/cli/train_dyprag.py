@@ -23,8 +23,14 @@ DEFAULT_TRANSLATOR = "runs/dyprag/translator"
 
 #: ``--quick`` overrides: a run of a few passages and tiny sequences.
 QUICK_PRAG = {
-    "passages": 4, "group_size": 2, "steps": 1, "max_closed": 1, "max_context": 1,
-    "max_passage_tokens": 48, "shard_size": 2, "measure": False,
+    "passages": 4,
+    "group_size": 2,
+    "steps": 1,
+    "max_closed": 1,
+    "max_context": 1,
+    "max_passage_tokens": 48,
+    "shard_size": 2,
+    "measure": False,
 }
 QUICK_TRANSLATOR = {"epochs": 1, "batch_passages": 2, "val_passages": 1, "max_closed": 1, "max_context": 1, "hidden_dim": 8}
 
@@ -86,8 +92,13 @@ def run_prag(args: argparse.Namespace) -> int:
     from hyco_rag.dyprag.training import PragConfig, collect_prag_pairs, load_training_passages
 
     values = {
-        "passages": args.passages, "group_size": args.group_size, "steps": args.steps, "max_closed": args.max_closed,
-        "max_context": args.max_context, "max_passage_tokens": args.max_passage_tokens, "shard_size": args.shard_size,
+        "passages": args.passages,
+        "group_size": args.group_size,
+        "steps": args.steps,
+        "max_closed": args.max_closed,
+        "max_context": args.max_context,
+        "max_passage_tokens": args.max_passage_tokens,
+        "shard_size": args.shard_size,
         "measure": not args.no_measure,
     }
     if args.quick:
@@ -108,8 +119,12 @@ def run_translator(args: argparse.Namespace) -> int:
     from hyco_rag.dyprag.training import TranslatorTrainConfig, train_translator
 
     values = {
-        "epochs": args.epochs, "batch_passages": args.batch_passages, "val_passages": args.val_passages,
-        "max_closed": args.max_closed, "max_context": args.max_context, "hidden_dim": args.hidden_dim,
+        "epochs": args.epochs,
+        "batch_passages": args.batch_passages,
+        "val_passages": args.val_passages,
+        "max_closed": args.max_closed,
+        "max_context": args.max_context,
+        "hidden_dim": args.hidden_dim,
     }
     if args.quick:
         values.update(QUICK_TRANSLATOR)
@@ -150,9 +165,14 @@ def run_eval(args: argparse.Namespace) -> int:
     path = write_results(
         "dyprag_quick_eval",
         rows,
-        config={"translator": str(args.translator or "shipped"), "questions": len(items), "seed": args.seed,
-                "max_new_tokens": args.max_new_tokens, "threads": args.threads,
-                "data": "SQuAD v1.1 dev, gold passage, SHORT_ANSWER_TEMPLATE"},
+        config={
+            "translator": str(args.translator or "shipped"),
+            "questions": len(items),
+            "seed": args.seed,
+            "max_new_tokens": args.max_new_tokens,
+            "threads": args.threads,
+            "data": "SQuAD v1.1 dev, gold passage, SHORT_ANSWER_TEMPLATE",
+        },
     )
     print(f"results: {path}")
     return 0
@@ -167,7 +187,9 @@ def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--squad-passages", type=int, default=160, help="SQuAD v1.1 TRAIN paragraphs")
     parser.add_argument("--cards", type=int, default=128, help="synthetic training cards")
     parser.add_argument("--val", type=int, default=24, help="SQuAD-train paragraphs and cards each held out of training")
-    parser.add_argument("--val-eval", type=int, default=None, help="how many of the held-out ones the report scores (default: all)")
+    parser.add_argument(
+        "--val-eval", type=int, default=None, help="how many of the held-out ones the report scores (default: all)"
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--max-passage-tokens", type=int, default=160)
     parser.add_argument("--hidden-dim", type=int, default=128)
@@ -203,9 +225,20 @@ def run_distill(args: argparse.Namespace) -> int:
     if args.quick:
         squad_n, cards_n, val = 6, 6, 2
     config = DistillConfig(
-        squad_passages=squad_n, cards=cards_n, val_squad=val, val_cards=val, max_passage_tokens=args.max_passage_tokens,
-        hidden_dim=8 if args.quick else args.hidden_dim, epochs=args.epochs, batch_passages=2 if args.quick else args.batch_passages,
-        lr=args.lr, max_steps=args.max_steps, w_margin=args.margin_weight, w_kl=args.kl_weight, w_ce=args.ce_weight, seed=args.seed,
+        squad_passages=squad_n,
+        cards=cards_n,
+        val_squad=val,
+        val_cards=val,
+        max_passage_tokens=args.max_passage_tokens,
+        hidden_dim=8 if args.quick else args.hidden_dim,
+        epochs=args.epochs,
+        batch_passages=2 if args.quick else args.batch_passages,
+        lr=args.lr,
+        max_steps=args.max_steps,
+        w_margin=args.margin_weight,
+        w_kl=args.kl_weight,
+        w_ce=args.ce_weight,
+        seed=args.seed,
     )
     wall, cpu = time.perf_counter(), time.process_time()
     model, tokenizer = _setup(args)
@@ -261,7 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="stage", required=True)
     configure("prag", sub.add_parser("prag", help="stage 1", formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     configure("translator", sub.add_parser("translator", help="stage 2", formatter_class=argparse.ArgumentDefaultsHelpFormatter))
-    distill = sub.add_parser("distill", help="translator by context distillation", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    distill = sub.add_parser(
+        "distill", help="translator by context distillation", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_distill_arguments(distill)
     distill.set_defaults(handler=run_distill)
     both = sub.add_parser("all", help="stage 1 then stage 2", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -278,7 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     both.add_argument("--val-passages", type=int, default=8)
     from hyco_rag.dyprag.evaluate import EVAL_MODES
 
-    evaluation = sub.add_parser("eval", help="quick SQuAD check of a translator", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluation = sub.add_parser(
+        "eval", help="quick SQuAD check of a translator", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     evaluation.add_argument("--translator", default=None, help="translator folder; None = the shipped one")
     evaluation.add_argument("--questions", type=int, default=100)
     evaluation.add_argument("--modes", nargs="+", default=list(EVAL_MODES), choices=EVAL_MODES)

@@ -96,10 +96,7 @@ def load_squad(
                 chosen = rng.sample(others, min(num_distractors, len(others)))
                 gold_position = rng.randint(0, len(chosen))
                 order = chosen[:gold_position] + [p] + chosen[gold_position:]
-                passages = [
-                    Passage(text=contexts[i], title=article["title"], id=f"{article_index}-{i}")
-                    for i in order
-                ]
+                passages = [Passage(text=contexts[i], title=article["title"], id=f"{article_index}-{i}") for i in order]
                 spans = [
                     AnswerSpan(gold_position, answer["answer_start"], answer["answer_start"] + len(answer["text"]))
                     for answer in answers
@@ -168,8 +165,7 @@ def load_musique(path: str | Path = MUSIQUE, *, limit: int | None = None, answer
         if answerable_only and not record.get("answerable", True):
             continue
         passages = [
-            Passage(text=p["paragraph_text"], title=p["title"], id=f"{record['id']}-{p['idx']}")
-            for p in record["paragraphs"]
+            Passage(text=p["paragraph_text"], title=p["title"], id=f"{record['id']}-{p['idx']}") for p in record["paragraphs"]
         ]
         examples.append(
             QAExample(
@@ -190,7 +186,9 @@ def load_strategyqa(path: str | Path = STRATEGYQA, *, limit: int | None = None) 
     """StrategyQA yes/no questions; the annotated facts are the (all gold) passages."""
     examples = []
     for record in _read_json(path):
-        passages = [Passage(text=fact, title=record.get("term", ""), id=f"{record['qid']}-{i}") for i, fact in enumerate(record["facts"])]
+        passages = [
+            Passage(text=fact, title=record.get("term", ""), id=f"{record['qid']}-{i}") for i, fact in enumerate(record["facts"])
+        ]
         examples.append(
             QAExample(
                 id=record["qid"],

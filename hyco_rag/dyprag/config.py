@@ -35,9 +35,7 @@ class DeltaConfig:
         default=DEFAULT_TARGET_MODULES,
         metadata={"help": "full-match regex string, or list of module names / .suffixes"},
     )
-    exclude_modules: str | Sequence[str] = field(
-        default=(), metadata={"help": "same syntax as target_modules; checked first"}
-    )
+    exclude_modules: str | Sequence[str] = field(default=(), metadata={"help": "same syntax as target_modules; checked first"})
     rank: int = field(default=2, metadata={"help": "rank r of one passage's LoRA delta"})
     scaling: float = field(default=1.0, metadata={"help": "s in y = W x + s * B (A x)"})
     combine: str = field(default="mean", metadata={"help": "'sum' or 'mean' of the passages' deltas"})

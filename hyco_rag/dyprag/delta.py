@@ -57,8 +57,7 @@ class LoRADelta:
                 raise DeltaValueError(f"factors[{name!r}] must be 2-D tensors A [r, in] and B [out, r]")
             if a.shape[0] != b.shape[1]:
                 raise DeltaValueError(
-                    f"factors[{name!r}]: A is {tuple(a.shape)} and B is {tuple(b.shape)}; "
-                    "their ranks (A rows, B columns) differ"
+                    f"factors[{name!r}]: A is {tuple(a.shape)} and B is {tuple(b.shape)}; their ranks (A rows, B columns) differ"
                 )
             ranks.add(a.shape[0])
         if len(ranks) != 1:
@@ -148,15 +147,16 @@ class DeltaBatch:
 
     def __post_init__(self) -> None:
         if self.row_slots.dim() != 1 or self.row_slots.dtype not in (torch.int32, torch.int64):
-            raise DeltaValueError(f"row_slots must be a 1-D integer tensor, got {tuple(self.row_slots.shape)} {self.row_slots.dtype}")
+            raise DeltaValueError(
+                f"row_slots must be a 1-D integer tensor, got {tuple(self.row_slots.shape)} {self.row_slots.dtype}"
+            )
         slots = self.scale.shape[0] if self.scale.dim() == 1 else -1
         if slots < 0:
             raise DeltaValueError(f"scale must be 1-D [slots], got shape {tuple(self.scale.shape)}")
         for name, (a, b) in self.factors.items():
             if a.dim() != 3 or b.dim() != 3 or a.shape[0] != slots or b.shape[0] != slots or a.shape[1] != b.shape[2]:
                 raise DeltaValueError(
-                    f"factors[{name!r}] must be A [S={slots}, r, in] and B [S, out, r], "
-                    f"got {tuple(a.shape)} and {tuple(b.shape)}"
+                    f"factors[{name!r}] must be A [S={slots}, r, in] and B [S, out, r], got {tuple(a.shape)} and {tuple(b.shape)}"
                 )
         if self.row_slots.numel() and (int(self.row_slots.min()) < -1 or int(self.row_slots.max()) >= slots):
             raise DeltaValueError(f"row_slots must lie in [-1, {slots - 1}], got {self.row_slots.tolist()}")

@@ -144,7 +144,13 @@ class PassageEncoder:
         for p, passage in enumerate(passages):
             windows = self.windows(passage)
             if len(windows) > 1:
-                logger.debug("passage %d has %d tokens: encoded as %d windows of <= %d", p, sum(map(len, windows)), len(windows), self.max_tokens)
+                logger.debug(
+                    "passage %d has %d tokens: encoded as %d windows of <= %d",
+                    p,
+                    sum(map(len, windows)),
+                    len(windows),
+                    self.max_tokens,
+                )
             pieces.extend((p, window) for window in windows)
         sums = torch.zeros(len(passages), self.dim, dtype=torch.float32, device=device)
         counts = torch.zeros(len(passages), dtype=torch.float32, device=device)

@@ -21,7 +21,12 @@ def squad_gold_examples(count: int, seed: int = 0) -> list[SquadItem]:
 
 
 def evaluate_modes(
-    reader: DeltaReader, source: DeltaSource, items: Sequence[SquadItem], modes: Sequence[str] = EVAL_MODES, *, progress: bool = True
+    reader: DeltaReader,
+    source: DeltaSource,
+    items: Sequence[SquadItem],
+    modes: Sequence[str] = EVAL_MODES,
+    *,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per mode (gold-passage setting); unknown modes raise ``ValueError``."""
     unknown = set(modes) - set(EVAL_MODES)

@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -115,7 +115,9 @@ class TranslatorConfig:
                 f"version {FORMAT_VERSION} removed; retrain it (python -m hyco_rag.cli.train_dyprag distill)"
             )
         if self.input_dim < 1 or self.hidden_dim < 1 or self.rank < 1:
-            raise ValueError(f"input_dim, hidden_dim and rank must be positive, got {self.input_dim}, {self.hidden_dim}, {self.rank}")
+            raise ValueError(
+                f"input_dim, hidden_dim and rank must be positive, got {self.input_dim}, {self.hidden_dim}, {self.rank}"
+            )
         if not self.targets:
             raise ValueError("a translator needs at least one target module")
         for name, shape in self.targets.items():
@@ -150,7 +152,7 @@ class TranslatorConfig:
         identity = model_identity(model, delta_config)
         return cls(
             input_dim=int(model.config.hidden_size),
-            targets=dict(identity["targets"]),  # type: ignore[arg-type]
+            targets=dict(cast("dict[str, list[int]]", identity["targets"])),
             rank=delta_config.rank,
             hidden_dim=hidden_dim,
             delta=delta_config.to_dict(),
@@ -218,7 +220,9 @@ class ParameterTranslator(nn.Module):
         """Standardise inputs by the mean and std of training-passage embeddings ``[N, D]``."""
         embeddings = embeddings.float()
         self.feature_mean.copy_(embeddings.mean(0))
-        self.feature_std.copy_(embeddings.std(0).clamp_min(1e-4) if embeddings.shape[0] > 1 else torch.ones_like(self.feature_std))
+        self.feature_std.copy_(
+            embeddings.std(0).clamp_min(1e-4) if embeddings.shape[0] > 1 else torch.ones_like(self.feature_std)
+        )
 
     def mean_embedding(self) -> torch.Tensor:
         """``[1, D]``: the average training passage (its delta is the ``format_only`` control)."""
@@ -263,10 +267,7 @@ class ParameterTranslator(nn.Module):
         """One :class:`LoRADelta` per embedding (serving path, no autograd)."""
         factors = self.forward(embeddings)
         scaling = float(self.config.delta_config.scaling)
-        return [
-            LoRADelta({name: (a[n], b[n]) for name, (a, b) in factors.items()}, scaling)
-            for n in range(embeddings.shape[0])
-        ]
+        return [LoRADelta({name: (a[n], b[n]) for name, (a, b) in factors.items()}, scaling) for n in range(embeddings.shape[0])]
 
     # ------------------------------------------------------------------ compatibility
 
@@ -296,17 +297,17 @@ class ParameterTranslator(nn.Module):
                     f"this translator was trained for {label} ({key}={expected[key]}), but the model "
                     f"has {key}={found[key]}; train a translator for this model (hyco-rag train prag/translator)"
                 )
-        if set(found["targets"]) != set(self.config.targets):  # type: ignore[arg-type]
-            missing = sorted(set(self.config.targets) - set(found["targets"]))[:3]  # type: ignore[arg-type]
-            extra = sorted(set(found["targets"]) - set(self.config.targets))[:3]  # type: ignore[arg-type]
+        found_targets = cast("dict[str, list[int]]", found["targets"])
+        if set(found_targets) != set(self.config.targets):
+            missing = sorted(set(self.config.targets) - set(found_targets))[:3]
+            extra = sorted(set(found_targets) - set(self.config.targets))[:3]
             raise TranslatorMismatchError(
-                f"target modules differ from the translator's (missing in model: {missing}, "
-                f"not covered by translator: {extra})"
+                f"target modules differ from the translator's (missing in model: {missing}, not covered by translator: {extra})"
             )
         for name, shape in self.config.targets.items():
-            if list(found["targets"][name]) != list(shape):  # type: ignore[index]
+            if list(found_targets[name]) != list(shape):
                 raise TranslatorMismatchError(
-                    f"module {name!r} is {found['targets'][name]} (in, out) in this model but "  # type: ignore[index]
+                    f"module {name!r} is {found_targets[name]} (in, out) in this model but "
                     f"{shape} in the model the translator was trained for ({label})"
                 )
         if expected.get("fingerprint"):
@@ -384,7 +385,9 @@ class ParameterTranslator(nn.Module):
         expected = translator.state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
-            raise TranslatorMismatchError(f"{weights_path} does not match its config: missing {missing[:4]}, unexpected {unexpected[:4]}")
+            raise TranslatorMismatchError(
+                f"{weights_path} does not match its config: missing {missing[:4]}, unexpected {unexpected[:4]}"
+            )
         for key, value in state.items():
             if tuple(value.shape) != tuple(expected[key].shape):
                 raise TranslatorMismatchError(

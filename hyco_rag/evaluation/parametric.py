@@ -90,7 +90,9 @@ def derangement(keys: Sequence[str], seed: int = 0) -> list[int]:
 class DeltaReader:
     """The served reader: greedy answers and candidate log-likelihoods, each row under its own delta."""
 
-    def __init__(self, generator: ChatGenerator, config: GenerationConfig, template: PromptTemplate = SHORT_ANSWER_TEMPLATE) -> None:
+    def __init__(
+        self, generator: ChatGenerator, config: GenerationConfig, template: PromptTemplate = SHORT_ANSWER_TEMPLATE
+    ) -> None:
         self.generator = generator
         self.model = generator.model
         self.tokenizer = generator.tokenizer
@@ -123,7 +125,9 @@ class DeltaReader:
         return out
 
     @torch.no_grad()
-    def candidate_logprobs(self, prompt: str, candidates: Sequence[str], delta: LoRADelta | None, delta_config: Any = None) -> list[float]:
+    def candidate_logprobs(
+        self, prompt: str, candidates: Sequence[str], delta: LoRADelta | None, delta_config: Any = None
+    ) -> list[float]:
         """Mean per-token log-probability of each candidate answer (+ end of turn) after ``prompt``."""
         import copy
 
@@ -210,12 +214,17 @@ class DeltaSource:
 # ------------------------------------------------------------------------------ QA rows
 
 
-def qa_row(section: str, setting: str, mode: str, predictions: Sequence[str], golds: Sequence[Sequence[str]], **extra: Any) -> dict[str, Any]:
+def qa_row(
+    section: str, setting: str, mode: str, predictions: Sequence[str], golds: Sequence[Sequence[str]], **extra: Any
+) -> dict[str, Any]:
     em = [best_exact_match(p, g) for p, g in zip(predictions, golds)]
     f1 = [best_f1(p, g) for p, g in zip(predictions, golds)]
     contains = [float(answer_in_text(p, g)) for p, g in zip(predictions, golds)]
     row = {
-        "section": section, "setting": setting, "mode": mode, "n": len(predictions),
+        "section": section,
+        "setting": setting,
+        "mode": mode,
+        "n": len(predictions),
         "em": 100 * statistics.fmean(em) if em else None,
         "f1": 100 * statistics.fmean(f1) if f1 else None,
         "contains": 100 * statistics.fmean(contains) if contains else None,
@@ -226,7 +235,9 @@ def qa_row(section: str, setting: str, mode: str, predictions: Sequence[str], go
     return row
 
 
-def differences(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], metrics: Sequence[str], seed: int = 0) -> list[dict[str, Any]]:
+def differences(
+    rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]], metrics: Sequence[str], seed: int = 0
+) -> list[dict[str, Any]]:
     """Bootstrap own-minus-control for every ``(mode, control)`` pair present in the same section/setting,
     on the questions both rows scored (the first ``min(n_a, n_b)``: question samples are prefix-stable)."""
     out = []
@@ -245,8 +256,18 @@ def differences(rows: Sequence[dict[str, Any]], pairs: Sequence[tuple[str, str]]
                 # Rows of different sizes share their first questions (the samples are prefix-stable).
                 a, b = a[: min(len(a), len(b))], b[: min(len(a), len(b))]
                 stat = bootstrap_diff([100 * x for x in a], [100 * x for x in b], seed=seed)
-                out.append({"section": section, "setting": setting, "a": own, "b": control, "combine_rule": rule,
-                            "prompt": prompt, "metric": metric, **stat})
+                out.append(
+                    {
+                        "section": section,
+                        "setting": setting,
+                        "a": own,
+                        "b": control,
+                        "combine_rule": rule,
+                        "prompt": prompt,
+                        "metric": metric,
+                        **stat,
+                    }
+                )
     return out
 
 
@@ -334,12 +355,20 @@ def run_squad(
         for start in tqdm(range(0, len(prompts), size), desc=f"{setting} {mode}", leave=False, disable=not progress):
             outputs.extend(reader.generate(prompts[start : start + size], deltas[start : start + size], source.delta_config))
         seconds = time.perf_counter() - begin
-        rows.append(qa_row(
-            "squad", setting, mode, [o.text for o in outputs], golds, prompt=prompt_name,
-            combine_rule=rule if mode not in ("none", "rag", "format_only") and setting != "gold" else None,
-            prompt_tokens=statistics.fmean(o.prompt_tokens for o in outputs), s_per_q=seconds / len(items),
-            sample_predictions=[o.text for o in outputs][:20],
-        ))
+        rows.append(
+            qa_row(
+                "squad",
+                setting,
+                mode,
+                [o.text for o in outputs],
+                golds,
+                prompt=prompt_name,
+                combine_rule=rule if mode not in ("none", "rag", "format_only") and setting != "gold" else None,
+                prompt_tokens=statistics.fmean(o.prompt_tokens for o in outputs),
+                s_per_q=seconds / len(items),
+                sample_predictions=[o.text for o in outputs][:20],
+            )
+        )
     return rows
 
 
@@ -384,14 +413,18 @@ def run_synthetic(
             elif mode in ("dyprag_shuffled", "combine_shuffled"):
                 deltas.append(source.passage(questions[partner[i]].card.text))
             elif mode == "prag":
+                assert prag_deltas is not None
                 deltas.append(prag_deltas[q.card.id])
             elif mode == "prag_shuffled":
+                assert prag_deltas is not None
                 deltas.append(prag_deltas[questions[subset[local[k]]].card.id])
             else:
                 raise ValueError(f"unknown mode {mode!r}")
         prompts = [reader.prompt(questions[i].question, [questions[i].card.text] if with_context else ()) for i in subset]
         correct = []
-        for prompt, i, delta in tqdm(list(zip(prompts, subset, deltas)), desc=f"synthetic MC {mode}", leave=False, disable=not progress):
+        for prompt, i, delta in tqdm(
+            list(zip(prompts, subset, deltas)), desc=f"synthetic MC {mode}", leave=False, disable=not progress
+        ):
             q = questions[i]
             scores = reader.candidate_logprobs(prompt, q.candidates, delta, source.delta_config)
             correct.append(float(max(range(len(scores)), key=scores.__getitem__) == q.gold_index))
@@ -400,10 +433,22 @@ def run_synthetic(
             size = reader.config.batch_size
             texts = []
             for start in tqdm(range(0, len(prompts), size), desc=f"synthetic greedy {mode}", leave=False, disable=not progress):
-                texts.extend(o.text for o in reader.generate(prompts[start : start + size], deltas[start : start + size], source.delta_config))
+                texts.extend(
+                    o.text
+                    for o in reader.generate(prompts[start : start + size], deltas[start : start + size], source.delta_config)
+                )
         golds = [[questions[i].answer] for i in subset]
-        row = qa_row("synthetic", "cards", mode, texts, golds, prompt="short", s_per_q=(time.perf_counter() - begin) / max(1, len(subset)),
-                     sample_predictions=texts[:20], candidates_per_question=statistics.fmean(len(questions[i].candidates) for i in subset))
+        row = qa_row(
+            "synthetic",
+            "cards",
+            mode,
+            texts,
+            golds,
+            prompt="short",
+            s_per_q=(time.perf_counter() - begin) / max(1, len(subset)),
+            sample_predictions=texts[:20],
+            candidates_per_question=statistics.fmean(len(questions[i].candidates) for i in subset),
+        )
         row["mc_accuracy"] = 100 * statistics.fmean(correct) if correct else None
         row["_per_question"]["mc"] = correct
         for attribute in sorted({questions[i].attribute for i in subset}):
@@ -418,7 +463,9 @@ def run_synthetic(
 # ------------------------------------------------------------------------------ PRAG reference
 
 
-def train_prag_cards(model: Any, tokenizer: Any, questions: Sequence[Any], *, epochs: int = 10, steps: int = 3, lr: float = 1e-2) -> tuple[dict[str, LoRADelta], dict[str, float]]:
+def train_prag_cards(
+    model: Any, tokenizer: Any, questions: Sequence[Any], *, epochs: int = 10, steps: int = 3, lr: float = 1e-2
+) -> tuple[dict[str, LoRADelta], dict[str, float | None]]:
     """PRAG on cards: one LoRA per card from the card text (LM loss) plus QA pairs on the card's
     *other* attributes (training wordings), never the attribute the probe asks about."""
     from hyco_rag.dyprag.training.prag import PragConfig, train_passage_lora
@@ -432,8 +479,13 @@ def train_prag_cards(model: Any, tokenizer: Any, questions: Sequence[Any], *, ep
         deltas[q.card.id] = train_passage_lora(model, tokenizer, q.card.text, pairs, config)
         seconds.append(time.perf_counter() - begin)
     nbytes = next(iter(deltas.values())).nbytes if deltas else 0
-    return deltas, {"prag_train_s_per_passage": statistics.fmean(seconds) if seconds else None, "prag_bytes_per_passage": nbytes,
-                    "prag_epochs": epochs, "prag_steps": steps, "prag_lr": lr}
+    return deltas, {
+        "prag_train_s_per_passage": statistics.fmean(seconds) if seconds else None,
+        "prag_bytes_per_passage": nbytes,
+        "prag_epochs": epochs,
+        "prag_steps": steps,
+        "prag_lr": lr,
+    }
 
 
 # ------------------------------------------------------------------------------ cost
@@ -445,9 +497,15 @@ def translation_cost(reader: DeltaReader, source: DeltaSource, items: Sequence[S
     model = reader.model
     device = next(model.parameters()).device
     tok = reader.tokenizer
-    prefill_rag, prefill_closed, encode, translate = [], [], [], []
+    prefill_rag: list[float] = []
+    prefill_closed: list[float] = []
+    encode: list[float] = []
+    translate: list[float] = []
     for it in items[:count]:
-        for prompt, bucket in ((reader.prompt(it.question, it.passages), prefill_rag), (reader.prompt(it.question), prefill_closed)):
+        for prompt, bucket in (
+            (reader.prompt(it.question, it.passages), prefill_rag),
+            (reader.prompt(it.question), prefill_closed),
+        ):
             ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], device=device)
             begin = time.perf_counter()
             model(input_ids=ids)
@@ -459,8 +517,13 @@ def translation_cost(reader: DeltaReader, source: DeltaSource, items: Sequence[S
         encode.append(1000 * (middle - begin))
         translate.append(1000 * (time.perf_counter() - middle))
     med = statistics.median
-    return {"prefill_ms_rag_top3": med(prefill_rag), "prefill_ms_closed_book": med(prefill_closed),
-            "encode_ms_3_passages": med(encode), "translate_ms_3_passages": med(translate), "n": min(count, len(items))}
+    return {
+        "prefill_ms_rag_top3": med(prefill_rag),
+        "prefill_ms_closed_book": med(prefill_closed),
+        "encode_ms_3_passages": med(encode),
+        "translate_ms_3_passages": med(translate),
+        "n": min(count, len(items)),
+    }
 
 
 # ------------------------------------------------------------------------------ GPU section (moved from the script)
@@ -484,9 +547,22 @@ def _timed(fn: Any, device: torch.device, reps: int, warmup: int = 2) -> float:
 
 
 def gpu_section(
-    device: str = "cuda", *, hidden: int = 4096, intermediate: int = 14336, translator_layers: int = 32, model_layers: int = 2,
-    heads: int = 32, kv_heads: int = 8, vocab: int = 128256, batch: int = 8, prefill_tokens: int = 512, decode_tokens: int = 32,
-    passages_per_request: int = 3, passage_counts: Sequence[int] = (1, 3, 8, 32), dtype: torch.dtype = torch.bfloat16, reps: int = 20,
+    device: str = "cuda",
+    *,
+    hidden: int = 4096,
+    intermediate: int = 14336,
+    translator_layers: int = 32,
+    model_layers: int = 2,
+    heads: int = 32,
+    kv_heads: int = 8,
+    vocab: int = 128256,
+    batch: int = 8,
+    prefill_tokens: int = 512,
+    decode_tokens: int = 32,
+    passages_per_request: int = 3,
+    passage_counts: Sequence[int] = (1, 3, 8, 32),
+    dtype: torch.dtype = torch.bfloat16,
+    reps: int = 20,
 ) -> list[dict[str, Any]]:
     """Translator and hooked-forward timings for a Llama-3-8B-shaped model with random weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -508,11 +584,28 @@ def gpu_section(
     for count in passage_counts:
         embeddings = torch.randn(count, hidden, generator=generator).to(dev)
         ms = _timed(lambda embeddings=embeddings: translator.translate(embeddings), dev, reps)
-        rows.append({"section": "gpu", "measure": f"translate {count} passage(s), {translator_layers} layers x 3 targets", "shape": shape,
-                     "ms": ms, "ms_per_passage": ms / count, "target_ms": GPU_TARGET_MS, "meets_target": ms / count <= GPU_TARGET_MS,
-                     "translator_params": translator.num_parameters(), "device": str(dev)})
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=model_layers, num_attention_heads=heads,
-                         num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=max(8192, prefill_tokens + decode_tokens + 8))
+        rows.append(
+            {
+                "section": "gpu",
+                "measure": f"translate {count} passage(s), {translator_layers} layers x 3 targets",
+                "shape": shape,
+                "ms": ms,
+                "ms_per_passage": ms / count,
+                "target_ms": GPU_TARGET_MS,
+                "meets_target": ms / count <= GPU_TARGET_MS,
+                "translator_params": translator.num_parameters(),
+                "device": str(dev),
+            }
+        )
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=model_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=vocab,
+        max_position_embeddings=max(8192, prefill_tokens + decode_tokens + 8),
+    )
     with dev:
         model = LlamaForCausalLM(config).to(dtype).eval()
     model.generation_config.pad_token_id = 0
@@ -522,7 +615,9 @@ def gpu_section(
     for _ in range(batch):
         embeddings = torch.randn(passages_per_request, hidden, generator=generator).to(dev)
         combined = LoRADelta.combine(translator.translate(embeddings), "sum")
-        request_deltas.append(LoRADelta({k: v for k, v in combined.factors.items() if k in names}, combined.scaling).to(dev, dtype))
+        request_deltas.append(
+            LoRADelta({k: v for k, v in combined.factors.items() if k in names}, combined.scaling).to(dev, dtype)
+        )
     ids = torch.randint(1, vocab, (batch, prefill_tokens), generator=generator).to(dev)
     mask = torch.ones_like(ids)
 
@@ -536,7 +631,13 @@ def gpu_section(
 
     def decode() -> None:
         with torch.inference_mode():
-            model.generate(input_ids=ids[:, :16], attention_mask=mask[:, :16], max_new_tokens=decode_tokens, min_new_tokens=decode_tokens, do_sample=False)
+            model.generate(
+                input_ids=ids[:, :16],
+                attention_mask=mask[:, :16],
+                max_new_tokens=decode_tokens,
+                min_new_tokens=decode_tokens,
+                do_sample=False,
+            )
 
     def decode_hooked() -> None:
         with injector.apply(request_deltas):
@@ -544,16 +645,35 @@ def gpu_section(
 
     layer_shape = f"{shape}, {model_layers} layers, batch {batch}"
     base, hooked = _timed(prefill, dev, max(3, reps // 4)), _timed(prefill_hooked, dev, max(3, reps // 4))
-    rows.append({"section": "gpu", "measure": f"prefill forward, {prefill_tokens} tokens/row, per-row rank-{2 * passages_per_request} deltas",
-                 "shape": layer_shape, "ms": base, "ms_hooked": hooked, "overhead_pct": 100 * (hooked - base) / base, "device": str(dev)})
+    rows.append(
+        {
+            "section": "gpu",
+            "measure": f"prefill forward, {prefill_tokens} tokens/row, per-row rank-{2 * passages_per_request} deltas",
+            "shape": layer_shape,
+            "ms": base,
+            "ms_hooked": hooked,
+            "overhead_pct": 100 * (hooked - base) / base,
+            "device": str(dev),
+        }
+    )
     base, hooked = _timed(decode, dev, max(3, reps // 4), warmup=1), _timed(decode_hooked, dev, max(3, reps // 4), warmup=1)
-    rows.append({"section": "gpu", "measure": f"generate {decode_tokens} tokens (16-token prompt), per-row deltas; ms per token",
-                 "shape": layer_shape, "ms": base / decode_tokens, "ms_hooked": hooked / decode_tokens,
-                 "overhead_pct": 100 * (hooked - base) / base, "device": str(dev)})
+    rows.append(
+        {
+            "section": "gpu",
+            "measure": f"generate {decode_tokens} tokens (16-token prompt), per-row deltas; ms per token",
+            "shape": layer_shape,
+            "ms": base / decode_tokens,
+            "ms_hooked": hooked / decode_tokens,
+            "overhead_pct": 100 * (hooked - base) / base,
+            "device": str(dev),
+        }
+    )
     return rows
 
 
-def run_gpu_section(enabled: bool = True, device: str | None = None, *, model_layers: int = 2, quick: bool = False, **shape: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_gpu_section(
+    enabled: bool = True, device: str | None = None, *, model_layers: int = 2, quick: bool = False, **shape: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The GPU section's rows and whether it ran (``{"run": False, "reason": ...}`` if not)."""
     if not enabled:
         return [], {"run": False, "reason": "--no-gpu"}

@@ -12,14 +12,14 @@ from typing import Any
 
 from hyco_rag.evaluation.qa_eval import METHOD_LABELS
 
-_STYLE = {
+_STYLE: dict[str, dict[str, Any]] = {
     "hyco": dict(color="tab:red", marker="o", linewidth=2.5),
     "random": dict(color="tab:gray", marker="x"),
     "embeddings_filter": dict(color="tab:blue", marker="s"),
     "sentence_selection": dict(color="tab:green", marker="^"),
     "llmlingua": dict(color="tab:purple", marker="D"),
 }
-_REFERENCE = {
+_REFERENCE: dict[str, dict[str, Any]] = {
     "none": dict(color="black", marker="v"),
     "full": dict(color="black", marker="*"),
     "oracle": dict(color="goldenrod", marker="P"),

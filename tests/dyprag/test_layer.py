@@ -48,7 +48,7 @@ def dense_reference(block: Block, x: torch.Tensor, deltas: list[LoRADelta | None
     """float64 forward with W + s * B @ A materialised per row (only here, as the reference)."""
     rows = []
     for row, delta in zip(x.double(), deltas):
-        def linear(name: str, h: torch.Tensor) -> torch.Tensor:
+        def linear(name: str, h: torch.Tensor, delta: LoRADelta | None = delta) -> torch.Tensor:
             module = getattr(block, name)
             w = module.weight.double()
             if delta is not None and name in delta.factors:

@@ -9,11 +9,12 @@ import torch
 
 from hyco_rag.models import (
     ModelNotFoundError,
+    embedded,
+    gguf,
     load_causal_lm,
     resolve_causal_lm,
     resolve_sentence_encoder,
 )
-from hyco_rag.models import embedded, gguf
 
 
 def test_default_llm_resolves_to_the_cached_dequantized_folder(smollm2):

@@ -39,9 +39,7 @@ def label_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> LabelLogit
     """
     device = next(model.parameters()).device
     decoder = model.get_decoder()
-    hidden = decoder(
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-    ).last_hidden_state
+    hidden = decoder(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).last_hidden_state
     labels = batch["labels"].to(device)
     select = labels[:, 1:] != IGNORE
     rows = torch.arange(labels.shape[0], device=device)[:, None].expand_as(select)[select]
@@ -57,9 +55,7 @@ def row_mean(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.T
     return sums / counts.clamp_min(1)
 
 
-def shared_lora_init(
-    shapes: dict[str, tuple[int, int]], rank: int, seed: int
-) -> dict[str, torch.Tensor]:
+def shared_lora_init(shapes: dict[str, tuple[int, int]], rank: int, seed: int) -> dict[str, torch.Tensor]:
     """One fixed ``A0 [r, in]`` per target (PEFT's kaiming-uniform bound ``1/sqrt(in)``).
 
     Every passage's LoRA starts from the same ``A0`` (and ``B = 0``), as PRAG's shared base

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -54,7 +54,7 @@ class TrainingPassage:
             id=str(data["id"]),
             text=str(data["text"]),
             title=str(data.get("title", "")),
-            qa=tuple((str(q), tuple(str(x) for x in a)) for q, a in data["qa"]),  # type: ignore[union-attr]
+            qa=tuple((str(q), tuple(str(x) for x in a)) for q, a in cast("list[Any]", data["qa"])),
         )
 
 
@@ -79,9 +79,7 @@ def load_training_passages(
     paths = (paths,) if isinstance(paths, str) else tuple(paths or (SQUAD_V11_TRAIN,))
     for path in paths:
         if "cs224n" in str(path) or "dev-v1.1" in str(path):
-            raise ValueError(
-                f"{path} holds SQuAD v1.1 dev paragraphs (the evaluation set); train on {SQUAD_V11_TRAIN}"
-            )
+            raise ValueError(f"{path} holds SQuAD v1.1 dev paragraphs (the evaluation set); train on {SQUAD_V11_TRAIN}")
     passages: list[TrainingPassage] = []
     for path in paths:
         for paragraph in squad_paragraphs(path):
@@ -90,7 +88,10 @@ def load_training_passages(
                 continue
             passages.append(
                 TrainingPassage(
-                    id=f"{path.rsplit('/', 1)[-1]}:{paragraph.id}", text=paragraph.context, qa=qa[:max_questions], title=paragraph.title
+                    id=f"{path.rsplit('/', 1)[-1]}:{paragraph.id}",
+                    text=paragraph.context,
+                    qa=qa[:max_questions],
+                    title=paragraph.title,
                 )
             )
     random.Random(seed).shuffle(passages)

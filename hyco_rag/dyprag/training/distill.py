@@ -80,7 +80,9 @@ def check_no_overlap(train_keys: Sequence[str] | set[str], eval_texts: Sequence[
         )
 
 
-def load_squad_train(path: str | Path | None = None, limit: int | None = None, seed: int = 0, questions: int = 3) -> list[TrainingPassage]:
+def load_squad_train(
+    path: str | Path | None = None, limit: int | None = None, seed: int = 0, questions: int = 3
+) -> list[TrainingPassage]:
     """SQuAD v1.1 *train* paragraphs (never dev, never the cs224n files), shuffled by ``seed``."""
     from hyco_rag.data.paths import data_file
     from hyco_rag.dyprag.training.data import SQUAD_V11_TRAIN
@@ -101,7 +103,11 @@ def load_squad_train(path: str | Path | None = None, limit: int | None = None, s
                 if answers and len(answers[0].split()) <= 6:
                     qa.append((item["question"].strip(), answers))
             if qa:
-                passages.append(TrainingPassage(f"squad-train:{article['title']}:{k}", paragraph["context"], tuple(qa[:questions]), article["title"]))
+                passages.append(
+                    TrainingPassage(
+                        f"squad-train:{article['title']}:{k}", paragraph["context"], tuple(qa[:questions]), article["title"]
+                    )
+                )
     random.Random(seed).shuffle(passages)
     return passages[:limit] if limit else passages
 
@@ -190,7 +196,9 @@ def _topk_teacher(model, hidden: torch.Tensor, targets: torch.Tensor, k: int) ->
 
 
 @torch.no_grad()
-def cache_passage(model, tokenizer, parts: PromptParts, passage: TrainingPassage, config: DistillConfig, rng: random.Random) -> dict[str, Any] | None:
+def cache_passage(
+    model, tokenizer, parts: PromptParts, passage: TrainingPassage, config: DistillConfig, rng: random.Random
+) -> dict[str, Any] | None:
     """Feature + teacher targets of one passage (None if no question fits)."""
     device = next(model.parameters()).device
     ids = tokenizer(passage.text, add_special_tokens=False)["input_ids"][: config.max_passage_tokens]
@@ -203,8 +211,8 @@ def cache_passage(model, tokenizer, parts: PromptParts, passage: TrainingPassage
         qa = qa[:4]
     else:
         qa = qa[: config.squad_questions]
-    rows = [(q, a, parts.suffix(q, a)) for q, a in qa]
-    rows = [(q, a, s) for q, a, s in rows if s is not None]
+    candidates = [(q, a, parts.suffix(q, a)) for q, a in qa]
+    rows = [(q, a, s) for q, a, s in candidates if s is not None]
     if not rows:
         return None
     decoder = model.get_decoder()
@@ -219,19 +227,33 @@ def cache_passage(model, tokenizer, parts: PromptParts, passage: TrainingPassage
     for r, (_, _, (suffix, _)) in enumerate(rows):
         batch[r, : len(suffix)] = torch.tensor(suffix)
         mask[r, len(ids) + len(parts.prefix) : len(ids) + len(parts.prefix) + len(suffix)] = 1
-    hidden = decoder(input_ids=batch.to(device), attention_mask=mask.to(device), past_key_values=_expand(cache, len(rows))).last_hidden_state
+    hidden = decoder(
+        input_ids=batch.to(device), attention_mask=mask.to(device), past_key_values=_expand(cache, len(rows))
+    ).last_hidden_state
     questions = []
     for r, (q, a, (suffix, start)) in enumerate(rows):
         # position p predicts token p + 1: answer tokens suffix[start:], predicted from start - 1 ...
         positions = torch.arange(start - 1, len(suffix) - 1)
         targets = torch.tensor(suffix[start:])
         teacher = _topk_teacher(model, hidden[r, positions], targets.to(device), config.top_k)
-        questions.append({"question": q, "answer": a, "suffix": suffix, "start": start, **{k: v.cpu() for k, v in teacher.items()}})
-    return {"id": passage.id, "text": shown, "kind": "card" if passage.title == "card" else "squad", "feature": feature, "questions": questions}
+        questions.append(
+            {"question": q, "answer": a, "suffix": suffix, "start": start, **{k: v.cpu() for k, v in teacher.items()}}
+        )
+    return {
+        "id": passage.id,
+        "text": shown,
+        "kind": "card" if passage.title == "card" else "squad",
+        "feature": feature,
+        "questions": questions,
+    }
 
 
 def build_cache(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, passages: Sequence[TrainingPassage], directory: str | Path, config: DistillConfig
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    passages: Sequence[TrainingPassage],
+    directory: str | Path,
+    config: DistillConfig,
 ) -> list[dict[str, Any]]:
     """Cache every passage once (shards of ``shard_size``; finished shards are kept on rerun)."""
     from tqdm.auto import tqdm
@@ -285,7 +307,8 @@ def student_logprobs(model, prefix_cache, prefix_len: int, rows: list[tuple[list
     device = next(model.parameters()).device
     batch = _student_batch(rows, prefix_len, pad)
     hidden = model.get_decoder()(
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
         past_key_values=_expand(prefix_cache, len(rows)),
     ).last_hidden_state
     select = [hidden[r, start - 1 : len(suffix) - 1] for r, (suffix, start) in enumerate(rows)]
@@ -313,12 +336,16 @@ def _apply(injector: DeltaInjector, factors, slots: list[int], scaling: float):
 
 
 @torch.no_grad()
-def evaluate_records(model, tokenizer, translator, records: Sequence[dict[str, Any]], delta_config: DeltaConfig) -> dict[str, float]:
+def evaluate_records(
+    model, tokenizer, translator, records: Sequence[dict[str, Any]], delta_config: DeltaConfig
+) -> dict[str, float]:
     """Mean gold-answer CE (nats/token) on ``records``: teacher, no delta, own delta, another passage's delta."""
     injector = DeltaInjector(model, delta_config)
     parts = PromptParts.build(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    prefix_cache = model.get_decoder()(input_ids=torch.tensor([parts.prefix], device=next(model.parameters()).device), use_cache=True).past_key_values
+    prefix_cache = model.get_decoder()(
+        input_ids=torch.tensor([parts.prefix], device=next(model.parameters()).device), use_cache=True
+    ).past_key_values
     feats = torch.stack([r["feature"] for r in records])
     factors = translator(feats.to(next(translator.parameters()).device))
     sums = {"teacher": 0.0, "none": 0.0, "own": 0.0, "shuffled": 0.0}
@@ -405,7 +432,7 @@ def train_distilled(
                     slots.append(p)
             # Shuffled rows: the first question of every passage under the next passage's delta.
             g = len(chosen)
-            first = {}
+            first: dict[int, int] = {}
             for r, p in enumerate(slots):
                 first.setdefault(p, r)
             shuf_rows = [own_rows[first[p]] for p in range(g)] if g > 1 else []
@@ -431,18 +458,29 @@ def train_distilled(
             bar.update(1)
             if step % config.checkpoint_every == 0 or step == total:
                 tmp = checkpoint.with_suffix(".tmp")
-                torch.save({"translator": translator.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "step": step, "history": history}, tmp)
+                torch.save(
+                    {
+                        "translator": translator.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "step": step,
+                        "history": history,
+                    },
+                    tmp,
+                )
                 tmp.replace(checkpoint)
     translator.eval()
     report: dict[str, Any] = {
         "config": asdict(config),
         "steps": total,
-        "train_passages": {"squad": sum(r["kind"] == "squad" for r in records), "cards": sum(r["kind"] == "card" for r in records)},
+        "train_passages": {
+            "squad": sum(r["kind"] == "squad" for r in records),
+            "cards": sum(r["kind"] == "card" for r in records),
+        },
         "train_questions": sum(len(r["questions"]) for r in records),
         "cpu_seconds_this_process": round(time.process_time() - started, 1),
         "parameters": translator.num_parameters(),
-        "history_first_last": [history[: 5], history[-5:]],
+        "history_first_last": [history[:5], history[-5:]],
         "loss_curve_every_10": [h for h in history if h["step"] % 10 == 0],
     }
     for kind in ("squad", "card"):

@@ -16,7 +16,9 @@ import torch
 class SlotAdam:
     """Adam (no weight decay) for tensors whose first dimension is the passage slot."""
 
-    def __init__(self, params: Sequence[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(
+        self, params: Sequence[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         if not params:
             raise ValueError("SlotAdam needs parameters")
         slots = {p.shape[0] for p in params}

@@ -78,7 +78,7 @@ class PragConfig:
         if isinstance(self.target_modules, list):
             self.target_modules = tuple(self.target_modules)
         self.kinds = tuple(self.kinds)
-        self.delta_config  # validates rank/scaling/targets
+        _ = self.delta_config  # builds (and so validates) rank, scaling and targets
 
     @property
     def delta_config(self) -> DeltaConfig:
@@ -167,7 +167,7 @@ def train_group_loras(
                 present = torch.zeros(g).index_add(0, batch["slots"], torch.ones(len(micro)))
                 weight = (present / rows_per_slot.clamp_min(1)).to(per_slot.device)
                 (per_slot * weight).sum().backward()
-                step_loss += (per_slot.detach().cpu() * weight.cpu())
+                step_loss += per_slot.detach().cpu() * weight.cpu()
             optimizer.step(active)
             optimizer.zero_grad()
             train_loss = step_loss
@@ -197,7 +197,9 @@ def train_passage_lora(
     config = config or PragConfig(measure=False)
     qa = tuple((q, (a,)) for q, a in qa_pairs)
     kinds = ("passage",) + (("closed", "context") if qa else ())
-    config = PragConfig(**{**asdict(config), "kinds": tuple(k for k in config.kinds if k in kinds) or ("passage",), "measure": False})
+    config = PragConfig(
+        **{**asdict(config), "kinds": tuple(k for k in config.kinds if k in kinds) or ("passage",), "measure": False}
+    )
     factors, _ = train_group_loras(model, tokenizer, [TrainingPassage("query", passage, qa)], config)
     return LoRADelta({name: (a[0], b[0]) for name, (a, b) in factors.items()}, config.scaling)
 
@@ -261,8 +263,13 @@ def collect_prag_pairs(
             done = start + g + len(group)
             logger.info(
                 "PRAG LoRAs: %d/%d passages, %.0f s (closed-book answer loss %s)",
-                done, len(passages), time.perf_counter() - start_all,
-                ", ".join(f"{s.get('closed_loss_before', float('nan')):.2f}->{s.get('closed_loss_after', float('nan')):.2f}" for s in stats),
+                done,
+                len(passages),
+                time.perf_counter() - start_all,
+                ", ".join(
+                    f"{s.get('closed_loss_before', float('nan')):.2f}->{s.get('closed_loss_after', float('nan')):.2f}"
+                    for s in stats
+                ),
             )
         merged = {
             name: (torch.cat([f[name][0] for f in all_factors]), torch.cat([f[name][1] for f in all_factors]))

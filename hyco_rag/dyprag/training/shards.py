@@ -17,12 +17,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
-from hyco_rag.results import _umask
-
 from hyco_rag.dyprag.training.data import TrainingPassage
+from hyco_rag.results import _umask
 
 MANIFEST = "manifest.json"
 
@@ -113,7 +113,7 @@ def load_pairs(directory: str | os.PathLike[str]) -> tuple[dict[str, object], li
     """The manifest and every shard it lists."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    shards = [read_shard(directory / entry["file"]) for entry in manifest["shards"]]  # type: ignore[index, union-attr]
+    shards = [read_shard(directory / entry["file"]) for entry in cast("list[dict[str, Any]]", manifest["shards"])]
     if not shards:
         raise ValueError(f"{directory} lists no shards")
     return manifest, shards

@@ -24,7 +24,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.nn import functional as F
@@ -59,7 +59,10 @@ class TranslatorTrainConfig:
     max_context: int = field(default=1, metadata={"help": "QA-with-passage sequences per passage and step"})
     max_batch_tokens: int = field(default=2048, metadata={"help": "padded tokens per micro-batch"})
     val_passages: int = field(default=8, metadata={"help": "pairs held out for the final report"})
-    init_static_from_pairs: bool = field(default=False, metadata={"help": "ignored: the translator has no static delta any more (kept so old training.json files still load)"})
+    init_static_from_pairs: bool = field(
+        default=False,
+        metadata={"help": "ignored: the translator has no static delta any more (kept so old training.json files still load)"},
+    )
     seed: int = field(default=0, metadata={"help": "shuffling seed"})
 
     def __post_init__(self) -> None:
@@ -152,7 +155,9 @@ def evaluate_pairs(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scaling = translator.config.delta_config.scaling
     sequences = [
-        s for i, p in enumerate(pairs.passages) for s in builder.sequences(p, i, kinds=("closed", "context"), max_closed=None, max_context=2)
+        s
+        for i, p in enumerate(pairs.passages)
+        for s in builder.sequences(p, i, kinds=("closed", "context"), max_closed=None, max_context=2)
     ]
     generated = translator(pairs.embeddings.to(next(translator.parameters()).device))
     device = next(model.parameters()).device
@@ -164,7 +169,10 @@ def evaluate_pairs(
     # A mismatched control: each passage gets another passage's translated delta.
     if len(pairs.passages) > 1:
         perm = torch.roll(torch.arange(len(pairs.passages)), 1)
-        sources["translator_shuffled"] = {n: (a[perm], b[perm]) for n, (a, b) in sources["translator"].items()}
+        sources["translator_shuffled"] = {
+            n: (a[perm], b[perm])
+            for n, (a, b) in cast("dict[str, tuple[torch.Tensor, torch.Tensor]]", sources["translator"]).items()
+        }
     report: dict[str, dict[str, float]] = {}
     for label, factors in sources.items():
         sums = {"closed": 0.0, "context": 0.0}
@@ -196,14 +204,14 @@ def train_translator(
     config = config or TranslatorTrainConfig()
     freeze(model)
     manifest, shards = load_pairs(pairs_dir)
-    delta_config = DeltaConfig.from_dict(dict(manifest["delta"]))  # type: ignore[arg-type]
+    delta_config = DeltaConfig.from_dict(dict(cast("dict[str, Any]", manifest["delta"])))
     translator_config = TranslatorConfig.for_model(model, delta_config, hidden_dim=config.hidden_dim)
-    recorded = manifest.get("base_model", {})
-    if recorded.get("targets") != translator_config.base_model["targets"]:  # type: ignore[union-attr]
-        raise TranslatorMismatchError(f"the pairs in {pairs_dir} were collected on another model ({recorded.get('name')})")  # type: ignore[union-attr]
+    recorded = cast("dict[str, object]", manifest.get("base_model", {}))
+    if recorded.get("targets") != translator_config.base_model["targets"]:
+        raise TranslatorMismatchError(f"the pairs in {pairs_dir} were collected on another model ({recorded.get('name')})")
     translator = ParameterTranslator(translator_config)
     try:  # the pairs' model must be this model (same fingerprint)
-        probe = ParameterTranslator(TranslatorConfig(**{**asdict(translator_config), "base_model": dict(recorded)}))  # type: ignore[arg-type]
+        probe = ParameterTranslator(TranslatorConfig(**{**asdict(translator_config), "base_model": dict(recorded)}))
         probe.check_compatible(model, delta_config)
     except TranslatorMismatchError as error:
         raise TranslatorMismatchError(f"pairs in {pairs_dir} do not match this model: {error}") from error
