@@ -97,6 +97,15 @@ def run(args: argparse.Namespace) -> int:
                 outputs.append(line)
             progress.update(len(block))
     write_jsonl_atomic(args.output, outputs)
+    emptied = sum(1 for o in outputs if "warning" in o["stats"])
+    if emptied:
+        logger.warning(
+            "%d of %d lines kept nothing at --threshold %s (see each line's stats.warning); lower it or "
+            "use --rate / --target-tokens",
+            emptied,
+            len(outputs),
+            args.threshold,
+        )
     total_in = sum(o["stats"]["original_tokens"] for o in outputs)
     total_out = sum(o["stats"]["compressed_tokens"] for o in outputs)
     logger.info("wrote %d lines to %s (%d -> %d tokens)", len(outputs), args.output, total_in, total_out)

@@ -19,12 +19,26 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BUDGETS", "OPTIONS", "LazyCompressor", "check_adapter_options", "compress_options"]
+__all__ = ["BUDGETS", "OPTIONS", "LazyCompressor", "check_adapter_options", "compress_options", "reject_boolean"]
 
 #: At most one of these picks the budget of a call.
 BUDGETS = ("rate", "target_tokens", "threshold")
 #: The keyword options an adapter forwards to ``HyCoCompressor.compress`` / ``acompress``.
 OPTIONS = (*BUDGETS, "target_tokenizer", "min_tokens_per_passage", "drop_empty", "reorder", "force_tokens")
+
+
+def reject_boolean(value: Any, name: str) -> Any:
+    """A budget field's raw value, refused when it is a boolean.
+
+    Pydantic's lax mode turns ``rate=True`` into ``1.0`` before any after-validator runs, so
+    adapters call this from a ``mode="before"`` field validator.
+
+    Raises:
+        ValueError: ``value`` is ``True``/``False`` (or a NumPy boolean).
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        raise ValueError(f"{name} must be a number, not a boolean ({value!r})")
+    return value
 
 
 def check_adapter_options(settings: Any) -> None:

@@ -24,10 +24,11 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,9 +36,9 @@ import torch
 from hyco_rag.compression.budget import (
     Budget,
     DocumentScores,
+    fit_to_budget,
     resolve_budget,
     select_units,
-    trim_to_budget,
     validate_floor,
 )
 from hyco_rag.compression.config import CONFIG_NAME, WEIGHTS_NAME, CompressorConfig
@@ -56,7 +57,10 @@ from hyco_rag.compression.features import (
 )
 from hyco_rag.compression.model import HyCoScorer
 from hyco_rag.compression.result import CompressedPassage, CompressionResult
-from hyco_rag.compression.words import join_units
+from hyco_rag.compression.words import join_units, pieces
+
+if TYPE_CHECKING:
+    from hyco_rag.compression.batching import MicroBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +194,7 @@ class HyCoCompressor:
         if self.max_batch_tokens < self.config.max_length:
             raise ValueError(f"max_batch_tokens ({self.max_batch_tokens}) must be at least max_length ({self.config.max_length})")
         self._lock = threading.Lock()
-        self._batcher = None
+        self._batcher: MicroBatcher | None = None
 
     # -- loading and saving --------------------------------------------------------------------
     @classmethod
@@ -207,7 +211,12 @@ class HyCoCompressor:
 
     @classmethod
     def from_scorer(
-        cls, config: CompressorConfig, model: HyCoScorer, tokenizer: Any, *, device: str | torch.device | None = None,
+        cls,
+        config: CompressorConfig,
+        model: HyCoScorer,
+        tokenizer: Any,
+        *,
+        device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> HyCoCompressor:
         """Wrap an in-memory scorer (e.g. straight out of training)."""
@@ -239,8 +248,18 @@ class HyCoCompressor:
         uses the config's default rate. Tokens are counted with ``target_tokenizer`` (a name or
         tokenizer) when given, else with the encoder's tokenizer.
         """
-        request = self._request(query, documents, rate, target_tokens, threshold, target_tokenizer,
-                                min_tokens_per_passage, drop_empty, reorder, force_tokens)
+        request = self._request(
+            query,
+            documents,
+            rate,
+            target_tokens,
+            threshold,
+            target_tokenizer,
+            min_tokens_per_passage,
+            drop_empty,
+            reorder,
+            force_tokens,
+        )
         return self._run([request])[0]
 
     async def acompress(self, query: str, documents: Sequence[str], **options: Any) -> CompressionResult:
@@ -305,8 +324,7 @@ class HyCoCompressor:
                 view = document_view(self.tokenizer, text, request.force_tokens)
                 request.views.append(view)
                 request.unit_tokens.append(request.counter.unit_counts(view.seg))
-                doc_chunks = build_chunks(r, d, view, query_ids, self.template, self.config.max_length,
-                                          self.config.chunk_overlap)
+                doc_chunks = build_chunks(r, d, view, query_ids, self.template, self.config.max_length, self.config.chunk_overlap)
                 request.chunks.extend(doc_chunks)
             add_lexical_features(request.chunks, query_ids, self.template.content)
             request.query_ids = query_ids
@@ -320,30 +338,76 @@ class HyCoCompressor:
         scores = self._aggregate(requests, chunks, raw)
         return [self._assemble(request, scores[r], raw.scored_tokens[r]) for r, request in enumerate(requests)]
 
-    def _compress_at_rates(self, query: str, documents: Sequence[str], rates: Sequence[float], **options: Any) -> list[CompressionResult]:
+    def _compress_at_rates(
+        self,
+        query: str,
+        documents: Sequence[str],
+        rates: Sequence[float],
+        *,
+        granularities: Sequence[str] | None = None,
+        **options: Any,
+    ) -> list[CompressionResult]:
         """Results for several rates from one scoring pass (evaluation helper).
 
         The fine pass runs on every chunk once; for each rate the chunks its coarse pass would
         have dropped are masked out, so each result equals what :meth:`compress` returns at that
-        rate (up to batch-composition rounding).
+        rate (up to batch-composition rounding). With ``granularities``, the results are for
+        every (granularity, rate) pair, granularity-major, from the same scores.
         """
-        base = self._request(query, documents, rate=1.0, **options)
-        chunks = self._prepare([base])
-        with self._lock, torch.inference_mode():
-            raw = self._score([base], chunks, fine_for_all=True)
+        if granularities is not None:
+            saved = self.config.granularity
+            try:
+                grid = []
+                for granularity in granularities:
+                    self.config.granularity = granularity
+                    grid.extend(
+                        self._compress_at_rates(
+                            query, documents, rates, _raw=self._raw_cache(query, documents, options), **options
+                        )
+                    )
+                return grid
+            finally:
+                self.config.granularity = saved
+        raw_cached = options.pop("_raw", None)
+        if raw_cached is None:
+            base = self._request(query, documents, rate=1.0, **options)
+            chunks = self._prepare([base])
+            with self._lock, torch.inference_mode():
+                raw = self._score([base], chunks, fine_for_all=True)
+        else:
+            base, chunks, raw = raw_cached
         results = []
         for rate in rates:
             request = self._request(query, documents, rate=rate, **options)
             request.views, request.unit_tokens, request.chunks = base.views, base.unit_tokens, base.chunks
             request.started = base.started
-            survivors = set(self._survivors([request], chunks, raw.coarse_chunk, raw.coarse_sentence,
-                                            [self._needs_fine(request)]))
-            masked = _ChunkScores(raw.coarse_chunk, raw.coarse_sentence, raw.fine_chunk, raw.fine_sentence,
-                                  [k if i in survivors else None for i, k in enumerate(raw.fine_keep)],
-                                  [sum(chunks[i].end - chunks[i].start for i in survivors)])
+            survivors = set(
+                self._survivors([request], chunks, raw.coarse_chunk, raw.coarse_sentence, [self._needs_fine(request)])
+            )
+            masked = _ChunkScores(
+                raw.coarse_chunk,
+                raw.coarse_sentence,
+                raw.fine_chunk,
+                raw.fine_sentence,
+                [k if i in survivors else None for i, k in enumerate(raw.fine_keep)],
+                [sum(chunks[i].end - chunks[i].start for i in survivors)],
+            )
             scores = self._aggregate([request], chunks, masked)
             results.append(self._assemble(request, scores[0], masked.scored_tokens[0]))
         return results
+
+    def _raw_cache(self, query: str, documents: Sequence[str], options: dict[str, Any]):
+        """(request, chunks, scores) of one full scoring pass, reused across granularities."""
+        key = (query, tuple(documents), repr(sorted(options.items(), key=lambda kv: kv[0])))
+        cached = getattr(self, "_last_raw", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        base = self._request(query, documents, rate=1.0, **options)
+        chunks = self._prepare([base])
+        with self._lock, torch.inference_mode():
+            raw = self._score([base], chunks, fine_for_all=True)
+        self._last_raw = (key, (base, chunks, raw))
+        return base, chunks, raw
 
     def _forward_batches(self, items: list[Chunk]):
         for batch in token_batches([len(c) for c in items], self.max_batch_tokens):
@@ -355,8 +419,7 @@ class HyCoCompressor:
         """Coarse pass over all chunks, fine pass over the survivors (or all with ``fine_for_all``)."""
         n = len(chunks)
         staged = self.model.layers is not None
-        raw = _ChunkScores(np.zeros(n), [np.zeros(0)] * n, np.full(n, np.nan), [None] * n, [None] * n,
-                           [0] * len(requests))
+        raw = _ChunkScores(np.zeros(n), [np.zeros(0)] * n, np.full(n, np.nan), [None] * n, [None] * n, [0] * len(requests))
         states: list[torch.Tensor | None] = [None] * n
         cache = staged and sum(len(c) for c in chunks) <= _MAX_CACHED_TOKENS
         need_fine = [self._needs_fine(request) for request in requests]
@@ -384,8 +447,11 @@ class HyCoCompressor:
         for batch, inputs, layout in self._forward_batches(items):
             rows = [survivors[i] for i in batch]
             if cache:
-                hidden = torch.zeros((len(rows), inputs["input_ids"].shape[1], self.model.backbone.config.hidden_size),
-                                     dtype=self.dtype, device=self.device)
+                hidden = torch.zeros(
+                    (len(rows), inputs["input_ids"].shape[1], self.model.backbone.config.hidden_size),
+                    dtype=self.dtype,
+                    device=self.device,
+                )
                 for row, i in enumerate(rows):
                     hidden[row, : states[i].shape[0]] = states[i]
             else:
@@ -420,7 +486,7 @@ class HyCoCompressor:
             chunk_out[i] = chunk_logits[row]
             ns, nw = len(chunk.sentences), len(chunk.units)
             sentence_out[i] = sentence_logits[s_off : s_off + ns]
-            if keep_out is not None:
+            if keep_out is not None and keep_logits is not None:
                 keep_out[i] = keep_logits[w_off : w_off + nw]
             s_off += ns
             w_off += nw
@@ -521,26 +587,49 @@ class HyCoCompressor:
 
     def _assemble(self, request: _Request, scores: list[_DocScores], scored_tokens: int) -> CompressionResult:
         views = request.views
+        granularity = self.config.granularity
         selection_inputs = [
-            DocumentScores(request.unit_tokens[d], scores[d].unit_keep, views[d].seg.sentence,
-                           scores[d].sentence_global, views[d].seg.forced)
+            DocumentScores(
+                request.unit_tokens[d],
+                scores[d].unit_keep,
+                views[d].seg.sentence,
+                scores[d].sentence_global,
+                views[d].seg.forced,
+                unit_piece=None if granularity == "word" else pieces(views[d].seg, granularity),
+                protected=views[d].seg.protected,
+            )
             for d in range(len(views))
         ]
-        keeps = select_units(selection_inputs, request.budget, min_tokens_per_passage=request.floor,
-                             word_slack=self.config.word_slack)
+        reserved: list[np.ndarray] = []
+        keeps = select_units(
+            selection_inputs,
+            request.budget,
+            min_tokens_per_passage=request.floor,
+            word_slack=self.config.word_slack,
+            reserved=reserved,
+            min_fragment_tokens=self.config.min_fragment_tokens,
+        )
         originals = [int(t.sum()) for t in request.unit_tokens]
         joined = [join_units(views[d].seg, keeps[d]) for d in range(len(views))]
         counts = request.counter.count_many([text for text, _ in joined])
         limit = request.budget.tokens_for(sum(originals))
         if limit is not None:
-            floors = [np.zeros_like(k) for k in keeps]
-            for _ in range(20):
-                changed = trim_to_budget(counts, keeps, selection_inputs, limit, floors)
-                if not changed:
-                    break
-                for d in changed:
-                    joined[d] = join_units(views[d].seg, keeps[d])
-                    counts[d] = request.counter.count(joined[d][0])
+
+            def rejoin(d: int) -> int:
+                joined[d] = join_units(views[d].seg, keeps[d])
+                return request.counter.count(joined[d][0])
+
+            fit_to_budget(counts, keeps, selection_inputs, limit, reserved, rejoin)
+        warning = None
+        if request.budget.kind == "threshold" and sum(originals) > 0 and not any(t.strip() for t, _ in joined):
+            message = (
+                f"threshold={request.budget.value:g} kept nothing of {len(views)} passage(s) "
+                f"({sum(originals)} tokens): every keep probability is below it; lower the threshold "
+                "or use rate/target_tokens"
+            )
+            logger.warning(message)
+            warnings.warn(message, UserWarning, stacklevel=4)
+            warning = message
         passages = []
         for d, ((text, spans), count) in enumerate(zip(joined, counts)):
             original = originals[d]
@@ -570,17 +659,26 @@ class HyCoCompressor:
             "passages_dropped": sum(p.dropped for p in passages),
             "seconds": time.perf_counter() - request.started,
             "tokenizer": request.counter.name,
-            "budget": {"kind": request.budget.kind, "value": request.budget.value,
-                       "tokens": limit},
+            "budget": {"kind": request.budget.kind, "value": request.budget.value, "tokens": limit},
             "encoder_tokens": encoder_total,
             "fine_scored_tokens": scored_tokens,
         }
+        if warning is not None:
+            stats["warning"] = warning
         return CompressionResult(passages, stats)
 
 
 def _options(options: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"rate", "target_tokens", "threshold", "target_tokenizer", "min_tokens_per_passage", "drop_empty",
-               "reorder", "force_tokens"}
+    allowed = {
+        "rate",
+        "target_tokens",
+        "threshold",
+        "target_tokenizer",
+        "min_tokens_per_passage",
+        "drop_empty",
+        "reorder",
+        "force_tokens",
+    }
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"unknown compression option(s) {unknown}; allowed: {sorted(allowed)}")
@@ -627,8 +725,9 @@ def load_scorer(directory: Path) -> tuple[CompressorConfig, HyCoScorer, Any]:
         )
     config = CompressorConfig.load(directory)
     if config.library_version and _newer(config.library_version, __version__):
-        logger.warning("compressor weights were saved by hyco-rag %s, newer than the installed %s",
-                       config.library_version, __version__)
+        logger.warning(
+            "compressor weights were saved by hyco-rag %s, newer than the installed %s", config.library_version, __version__
+        )
     model, tokenizer = build_scorer(config)
     state = load_file(str(directory / WEIGHTS_NAME))
     expected = model.trainable_state_dict()

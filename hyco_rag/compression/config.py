@@ -48,8 +48,10 @@ class CompressorConfig:
     )
     attention: str = field(
         default="asymmetric",
-        metadata={"help": "'asymmetric': passage tokens do not attend to the query (frozen bi-encoder states stay "
-                          "intact, query side cross-attends); 'full': joint attention (for trained deltas)"},
+        metadata={
+            "help": "'asymmetric': passage tokens do not attend to the query (frozen bi-encoder states stay "
+            "intact, query side cross-attends); 'full': joint attention (for trained deltas)"
+        },
     )
     lora_rank: int = field(
         default=0,
@@ -57,8 +59,14 @@ class CompressorConfig:
     )
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scale numerator (scale = alpha / rank)"})
     lora_targets: tuple[str, ...] = field(
-        default=("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-                 "intermediate.dense", "output.dense"),
+        default=(
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ),
         metadata={"help": "module name suffixes (inside each upper layer) that get a low-rank delta"},
     )
     head_hidden: int = field(default=128, metadata={"help": "hidden width of the scoring heads"})
@@ -73,6 +81,14 @@ class CompressorConfig:
         metadata={"help": "sentences worth (1 + slack) x budget are taken, then the lowest-keep words pruned"},
     )
     passage_weight: float = field(default=1.0, metadata={"help": "weight of the passage logit in a sentence's global score"})
+    granularity: str = field(
+        default="clause",
+        metadata={"help": "what selection keeps or drops together: 'word', 'clause' (up to , ; : or a dash) or 'sentence'"},
+    )
+    min_fragment_tokens: int = field(
+        default=5,
+        metadata={"help": "a passage whose selected text is shorter than this is dropped (no one-word stubs); 0: off"},
+    )
     format_version: int = field(default=FORMAT_VERSION, metadata={"help": "saved layout version"})
     library_version: str = field(default="", metadata={"help": "hyco-rag version that saved the weights"})
     training: dict[str, Any] = field(default_factory=dict, metadata={"help": "what the weights were trained on (informative)"})
@@ -89,6 +105,16 @@ class CompressorConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        from hyco_rag.compression.words import GRANULARITIES
+
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if (
+            not isinstance(self.min_fragment_tokens, int)
+            or isinstance(self.min_fragment_tokens, bool)
+            or self.min_fragment_tokens < 0
+        ):
+            raise ValueError(f"min_fragment_tokens must be a non-negative integer, got {self.min_fragment_tokens!r}")
         if not isinstance(self.chunk_overlap, int) or self.chunk_overlap < 0:
             raise ValueError(f"chunk_overlap must be a non-negative integer, got {self.chunk_overlap!r}")
         if self.max_length < self.max_query_tokens + 32:

@@ -75,8 +75,9 @@ class PairTemplate:
         single_sequence = single.sequence_ids(0)
         self.single_parts = [
             ("special", t, ty) if sq is None else ("query", 0, ty)
-            for t, ty, sq in zip(single["input_ids"], single.get("token_type_ids") or [0] * len(single["input_ids"]),
-                                 single_sequence)
+            for t, ty, sq in zip(
+                single["input_ids"], single.get("token_type_ids") or [0] * len(single["input_ids"]), single_sequence
+            )
         ]
         self.content = _content_table(tokenizer)
 
@@ -235,8 +236,21 @@ def build_chunks(
         unit_sentences = view.seg.sentence[units]
         sentences, unit_sentence_slot = np.unique(unit_sentences, return_inverse=True)
         chunks.append(
-            Chunk(request, doc, start, end, ids, types, query_start, len(query_ids), passage_start,
-                  units, sentences, token_slot.reshape(-1), unit_sentence_slot.reshape(-1))
+            Chunk(
+                request,
+                doc,
+                start,
+                end,
+                ids,
+                types,
+                query_start,
+                len(query_ids),
+                passage_start,
+                units,
+                sentences,
+                token_slot.reshape(-1),
+                unit_sentence_slot.reshape(-1),
+            )
         )
     return chunks
 
@@ -266,6 +280,7 @@ def add_lexical_features(chunks: Sequence[Chunk], query_ids: Sequence[int], cont
         position = np.searchsorted(query, ids)
         position = np.minimum(position, query.size - 1)
         matched = query[position] == ids
+        assert chunk.token_lexical is not None and chunk.sentence_lexical is not None  # set above
         chunk.token_lexical[matched] = weight[position[matched]]
         chunk.chunk_lexical = float(weight[has].sum())
         if matched.any():

@@ -33,6 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyco_rag.compression.config import CompressorConfig
+from hyco_rag.dyprag.config import DeltaConfig
+from hyco_rag.dyprag.injection import find_target_modules, layer_index
+from hyco_rag.dyprag.layer import lora_delta_autograd
 
 logger = logging.getLogger(__name__)
 
@@ -44,37 +47,40 @@ SENTENCE_FEATURES = 9
 WORD_FEATURES = 4
 
 
-class LoRALinear(nn.Module):
-    """``base(x) + scale * B(A(x))`` with ``base`` frozen; :meth:`merge` folds the delta in.
+class _TrainedDelta:
+    """Forward hook adding one trained low-rank delta, ``y = W x + s * B (A x)``, to a backbone linear.
 
-    B starts at zero, so an untrained delta leaves the backbone exactly as it was.
+    The factors are parameters registered on the linear itself (``lora_a`` ``[r, in]``,
+    ``lora_b`` ``[out, r]``, so saved keys read ``backbone.<module>.lora_a``), and the sum is
+    DyPRAG's differentiable :func:`~hyco_rag.dyprag.layer.lora_delta_autograd` with a single
+    slot shared by every row: one LoRA implementation for the project. B starts at zero, so an
+    untrained delta leaves the backbone exactly as it was; :meth:`merge` folds the delta into
+    the weight for inference (no extra matmuls, the hook then passes outputs through).
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
-        super().__init__()
-        self.base = base
-        self.rank = rank
-        self.scale = alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+    def __init__(self, module: nn.Linear, scaling: float) -> None:
+        self.scaling = float(scaling)
         self.merged = False
+        self._slot = torch.zeros(1, dtype=torch.long)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+    def __call__(self, module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         if self.merged:
-            return y
-        return y + F.linear(F.linear(x, self.lora_a.to(x.dtype)), self.lora_b.to(x.dtype)) * self.scale
+            return output
+        x = inputs[0]
+        scale = torch.full((1,), self.scaling, device=x.device, dtype=torch.float32)
+        delta = lora_delta_autograd(
+            x.reshape(1, -1, x.shape[-1]), module.lora_a[None], module.lora_b[None], scale, self._slot.to(x.device)
+        )
+        return output + delta.reshape(output.shape)
 
     @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the delta into the base weight (inference: no extra matmuls)."""
+    def merge(self, module: nn.Linear) -> None:
         if self.merged:
             return
-        delta = (self.lora_b.float() @ self.lora_a.float()) * self.scale
+        delta = (module.lora_b.float() @ module.lora_a.float()) * self.scaling
         if not torch.isfinite(delta).all():
             raise ValueError("refusing to merge a LoRA delta holding NaN or inf (corrupt weights?)")
-        self.base.weight.add_(delta.to(self.base.weight.dtype))
+        module.weight.add_(delta.to(module.weight.dtype))
         self.merged = True
 
 
@@ -90,8 +96,9 @@ class _Head(nn.Module):
     def __init__(self, state_dim: int, feature_dim: int, hidden: int, dropout: float = 0.2) -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Linear(feature_dim, 32), nn.GELU(), nn.Linear(32, 1))
-        self.states = nn.Sequential(nn.LayerNorm(state_dim), nn.Dropout(dropout), nn.Linear(state_dim, hidden),
-                                    nn.GELU(), nn.Linear(hidden, 1))
+        self.states = nn.Sequential(
+            nn.LayerNorm(state_dim), nn.Dropout(dropout), nn.Linear(state_dim, hidden), nn.GELU(), nn.Linear(hidden, 1)
+        )
         nn.init.zeros_(self.states[-1].weight)
         nn.init.zeros_(self.states[-1].bias)
 
@@ -167,12 +174,23 @@ class PooledStates:
 
     def slice_rows(self, start: int, end: int) -> PooledStates:
         """Rows ``[start, end)`` with their sentence and word slots (slots are in row order)."""
-        s0, s1 = (int(x) for x in torch.searchsorted(self.sentence_chunk, torch.tensor([start, end], device=self.sentence_chunk.device)))
-        w0, w1 = (int(x) for x in torch.searchsorted(self.word_sentence, torch.tensor([s0, s1], device=self.word_sentence.device)))
+        s0, s1 = (
+            int(x) for x in torch.searchsorted(self.sentence_chunk, torch.tensor([start, end], device=self.sentence_chunk.device))
+        )
+        w0, w1 = (
+            int(x) for x in torch.searchsorted(self.word_sentence, torch.tensor([s0, s1], device=self.word_sentence.device))
+        )
         return PooledStates(
-            self.cls[start:end], self.passage[start:end], self.query[start:end], self.chunk_features[start:end],
-            self.sentence[s0:s1], self.sentence_chunk[s0:s1] - start, self.sentence_features[s0:s1],
-            self.word[w0:w1], self.word_sentence[w0:w1] - s0, self.word_features[w0:w1],
+            self.cls[start:end],
+            self.passage[start:end],
+            self.query[start:end],
+            self.chunk_features[start:end],
+            self.sentence[s0:s1],
+            self.sentence_chunk[s0:s1] - start,
+            self.sentence_features[s0:s1],
+            self.word[w0:w1],
+            self.word_sentence[w0:w1] - s0,
+            self.word_features[w0:w1],
         )
 
     @staticmethod
@@ -185,10 +203,16 @@ class PooledStates:
             rows += item.cls.shape[0]
             sentences += item.sentence.shape[0]
         return PooledStates(
-            torch.cat([i.cls for i in items]), torch.cat([i.passage for i in items]), torch.cat([i.query for i in items]),
-            torch.cat([i.chunk_features for i in items]), torch.cat([i.sentence for i in items]),
-            torch.cat(sentence_chunk), torch.cat([i.sentence_features for i in items]),
-            torch.cat([i.word for i in items]), torch.cat(word_sentence), torch.cat([i.word_features for i in items]),
+            torch.cat([i.cls for i in items]),
+            torch.cat([i.passage for i in items]),
+            torch.cat([i.query for i in items]),
+            torch.cat([i.chunk_features for i in items]),
+            torch.cat([i.sentence for i in items]),
+            torch.cat(sentence_chunk),
+            torch.cat([i.sentence_features for i in items]),
+            torch.cat([i.word for i in items]),
+            torch.cat(word_sentence),
+            torch.cat([i.word_features for i in items]),
         )
 
 
@@ -272,32 +296,43 @@ class HyCoScorer(nn.Module):
         logger.info("backbone %s has no BERT-style layer list; using the full-forward path", type(backbone).__name__)
         return None, None
 
+    def _lora_config(self) -> DeltaConfig:
+        """The low-rank delta targets as a DyPRAG :class:`DeltaConfig` (same PEFT-style matching)."""
+        rank = self.config.lora_rank
+        return DeltaConfig(target_modules=tuple(self.config.lora_targets), rank=rank, scaling=self.config.lora_alpha / rank)
+
     def _add_lora(self) -> None:
-        targets = self.config.lora_targets
-        count = 0
-        for name, module in list(self.backbone.named_modules()):
-            if not isinstance(module, nn.Linear):
-                continue
-            layer_index = _layer_index(name)
-            if layer_index is None or layer_index < self.config.exit_layer:
-                continue
-            if not any(name.endswith("." + t) or name == t for t in targets):
-                continue
-            parent_name, _, child = name.rpartition(".")
-            parent = self.backbone.get_submodule(parent_name)
-            setattr(parent, child, LoRALinear(module, self.config.lora_rank, self.config.lora_alpha))
-            count += 1
-        if count == 0:
+        delta_config = self._lora_config()
+        try:
+            matched = find_target_modules(self.backbone, delta_config)
+        except ValueError as error:
+            raise ValueError(f"lora_targets {list(self.config.lora_targets)}: {error}") from None
+        targets = {name: module for name, module in matched.items() if layer_index(name) >= self.config.exit_layer}
+        if not targets:
             raise ValueError(
-                f"no backbone linear layer matched lora_targets {list(targets)} above exit_layer "
+                f"no backbone linear layer matched lora_targets {list(self.config.lora_targets)} above exit_layer "
                 f"{self.config.exit_layer}; set lora_targets to this architecture's module names"
             )
-        logger.debug("added %d low-rank deltas", count)
+        self._deltas: dict[str, tuple[nn.Linear, _TrainedDelta]] = {}
+        rank = delta_config.rank
+        for name, module in targets.items():
+            weight = module.weight
+            module.register_parameter(
+                "lora_a", nn.Parameter(torch.empty(rank, module.in_features, dtype=weight.dtype, device=weight.device))
+            )
+            module.register_parameter(
+                "lora_b", nn.Parameter(torch.zeros(module.out_features, rank, dtype=weight.dtype, device=weight.device))
+            )
+            nn.init.kaiming_uniform_(module.lora_a, a=math.sqrt(5))
+            hook = _TrainedDelta(module, delta_config.scaling)
+            module.register_forward_hook(hook)
+            self._deltas[name] = (module, hook)
+        logger.debug("added %d low-rank deltas", len(targets))
 
     def merge_lora(self) -> None:
-        for module in self.modules():
-            if isinstance(module, LoRALinear):
-                module.merge()
+        """Fold every trained delta into its base weight (inference); idempotent."""
+        for module, hook in getattr(self, "_deltas", {}).values():
+            hook.merge(module)
 
     @staticmethod
     def _is_trainable(name: str) -> bool:
@@ -325,16 +360,23 @@ class HyCoScorer(nn.Module):
             query_side = attention_mask == 1
             passage_side = attention_mask == 2
             allowed = key_ok[:, None, :] & ~(passage_side[:, :, None] & query_side[:, None, :])
-            return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-                ~allowed, torch.finfo(dtype).min).unsqueeze(1)
+            return (
+                torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+                .masked_fill(~allowed, torch.finfo(dtype).min)
+                .unsqueeze(1)
+            )
         mask = key_ok[:, None, None, :].to(dtype)
         return (1.0 - mask) * torch.finfo(dtype).min
 
     def lower(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """States after ``exit_layer`` layers (the coarse view reads these)."""
         if self.layers is None:
-            out = self.backbone(input_ids=input_ids, token_type_ids=token_type_ids,
-                                attention_mask=(attention_mask > 0).long(), output_hidden_states=True)
+            out = self.backbone(
+                input_ids=input_ids,
+                token_type_ids=token_type_ids,
+                attention_mask=(attention_mask > 0).long(),
+                output_hidden_states=True,
+            )
             self._full_cache = out.hidden_states[-1]
             return out.hidden_states[self.config.exit_layer]
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
@@ -409,9 +451,17 @@ class HyCoScorer(nn.Module):
 
         chunk_lexical = layout.chunk_lexical.float()
         chunk_features = torch.stack(
-            [match.sum(1) / counts, match.amax(1), top, passage_cos, chunk_lexical,
-             torch.log1p(counts.float()) / 6.0, passage_cos - request_max(passage_cos, requests),
-             chunk_lexical - request_max(chunk_lexical, requests)], dim=-1,
+            [
+                match.sum(1) / counts,
+                match.amax(1),
+                top,
+                passage_cos,
+                chunk_lexical,
+                torch.log1p(counts.float()) / 6.0,
+                passage_cos - request_max(passage_cos, requests),
+                chunk_lexical - request_max(chunk_lexical, requests),
+            ],
+            dim=-1,
         )
         s_rows = layout.sentence_chunk
         s_match_mean = _segment_mean(match_flat, tok_sent, layout.num_sentences).squeeze(-1)
@@ -423,9 +473,18 @@ class HyCoScorer(nn.Module):
         s_lexical = layout.sentence_lexical.float()
         s_owner = requests[s_rows]
         sentence_features = torch.stack(
-            [s_match_mean, s_match_max, s_cos, s_cos - s_best[s_rows], s_lexical,
-             torch.log1p(s_tokens) / 5.0, s_cos - request_max(s_cos, s_owner),
-             s_lexical - request_max(s_lexical, s_owner), s_lexical * s_cos], dim=-1,
+            [
+                s_match_mean,
+                s_match_max,
+                s_cos,
+                s_cos - s_best[s_rows],
+                s_lexical,
+                torch.log1p(s_tokens) / 5.0,
+                s_cos - request_max(s_cos, s_owner),
+                s_lexical - request_max(s_lexical, s_owner),
+                s_lexical * s_cos,
+            ],
+            dim=-1,
         )
         w_match = _segment_mean(match_flat, tok_word, layout.num_words).squeeze(-1)
         w_lexical = _segment_mean(lexical_flat, tok_word, layout.num_words).squeeze(-1)
@@ -455,8 +514,10 @@ class HyCoScorer(nn.Module):
     def fine_heads(self, pooled: PooledStates) -> dict[str, torch.Tensor]:
         chunk, sentence = self.fine(pooled)
         ws = pooled.word_sentence
-        local = self.local(torch.cat([pooled.word, pooled.sentence[ws], pooled.query[pooled.sentence_chunk[ws]]], dim=-1),
-                           torch.cat([pooled.word_features, pooled.sentence_features[ws]], dim=-1))
+        local = self.local(
+            torch.cat([pooled.word, pooled.sentence[ws], pooled.query[pooled.sentence_chunk[ws]]], dim=-1),
+            torch.cat([pooled.word_features, pooled.sentence_features[ws]], dim=-1),
+        )
         gate = torch.sigmoid(self.gate(torch.cat([pooled.word, pooled.sentence[ws], pooled.word_features], dim=-1)).squeeze(-1))
         global_logit = sentence[ws] + self.config.passage_weight * chunk[pooled.sentence_chunk[ws]]
         keep = gate * local + (1 - gate) * global_logit
@@ -469,15 +530,6 @@ class HyCoScorer(nn.Module):
     def fine_scores(self, hidden: torch.Tensor, layout: BatchLayout, query: torch.Tensor | None = None):
         """Chunk, sentence, local word, gate and mixed keep logits from the final states."""
         return self.fine_heads(self.pooled_states(hidden, layout, query))
-
-
-def _layer_index(name: str) -> int | None:
-    """Index of the encoder layer a module name lives in (``encoder.layer.3.attention...`` -> 3)."""
-    parts = name.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if part in ("layer", "layers") and parts[i + 1].isdigit():
-            return int(parts[i + 1])
-    return None
 
 
 def _layer_output(output: torch.Tensor | tuple) -> torch.Tensor:

@@ -52,6 +52,9 @@ class CompressedPassage:
             "ratio": float(self.ratio),
             "relevance": float(self.relevance),
             "kept_spans": [[int(start), int(end)] for start, end in self.kept_spans],
+            # True when nothing of the passage is left (whatever drop_empty said), so a caller
+            # that keeps such documents for their sources can tell them apart.
+            "dropped": bool(self.dropped or not self.text.strip()),
         }
 
 

@@ -142,8 +142,7 @@ def llama_index_demo_index(embed_model: Any | None = None) -> Any:
     from llama_index.core.vector_stores import SimpleVectorStore
 
     documents = [
-        Document(text=p.text, id_=f"demo-{p.id}", metadata={"title": p.title, "tags": ["demo", p.id]})
-        for p in demo_passages()
+        Document(text=p.text, id_=f"demo-{p.id}", metadata={"title": p.title, "tags": ["demo", p.id]}) for p in demo_passages()
     ]
     storage = StorageContext.from_defaults(vector_store=SimpleVectorStore())
     return VectorStoreIndex.from_documents(

@@ -11,9 +11,13 @@ The rules:
   spaces (Han, Hiragana, Katakana, Thai, Lao, Khmer, Myanmar, CJK punctuation), where every
   grapheme cluster is its own unit; Latin letters and digits inside such text stay together
   ("GPT-4", "2020" in "2020年").
-- A *protected span* (fenced or inline code, a JSON object or array, a URL or e-mail, a
-  space-grouped number such as "1 000 000", and every occurrence of a user force token) is
-  merged with the units it touches into one atomic unit: kept whole or dropped whole.
+- A *protected span* (fenced or inline code, a JSON object or array, a pipe/Markdown table, a
+  URL or e-mail, a space-grouped number such as "1 000 000", and every occurrence of a user
+  force token) is merged with the units it touches into one atomic unit: kept whole or
+  dropped whole.
+- Selection may keep or drop whole *pieces* instead of single units (:func:`pieces`):
+  clauses (runs of units up to a comma, semicolon, colon or dash, or the sentence end) or
+  sentences, so kept text stays grammatical.
 - Units are re-joined with the original separator between them; when units were dropped in
   between, the separator is chosen so words never fuse (see :func:`join_units`).
 - Sentences are runs of units ending in sentence punctuation or a line break, so that the
@@ -46,6 +50,12 @@ _URL = regex.compile(r"""(?i)\b(?:https?://|ftp://|www\.)[^\s<>"'`]+|\b[\w.+-]+@
 _URL_TRAILING = ".,;:!?)]}'\""
 _GROUPED_NUMBER = regex.compile(r"(?<![\d.,])\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?:[.,]\d+)?(?![\d])")
 _JSON_START = regex.compile(r"(?m)(?:^|(?<=[\s:=(]))[\[{]")
+# A Markdown / pipe table: two or more consecutive lines that start and end with "|".
+_TABLE = regex.compile(r"(?m)^[ \t]*\K\|[^\n]*\|[ \t]*(?:\n[ \t]*\|[^\n]*\|[ \t]*)+$")
+# A clause ends after one of these (comma, semicolon, colon, dash; CJK forms too).
+_CLAUSE_END = regex.compile(r"""[,;:，、；：—–]["'”’)\]»」』】]*$""")
+#: The units selection keeps or drops together (see :func:`pieces`).
+GRANULARITIES = ("word", "clause", "sentence")
 
 # A sentence ends after one of these (optionally followed by closing quotes or brackets).
 _SENTENCE_END = regex.compile(r"""[.!?…。！？；]["'”’)\]»」』】]*$""")
@@ -120,7 +130,7 @@ def _json_spans(text: str) -> list[tuple[int, int]]:
 def protected_spans(text: str, force_tokens: Sequence[str] = ()) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(protected spans, forced spans) of ``text``, each a list of (start, end) char offsets."""
     spans: list[tuple[int, int]] = []
-    for pattern in (_FENCED_CODE, _INLINE_CODE, _GROUPED_NUMBER):
+    for pattern in (_FENCED_CODE, _INLINE_CODE, _GROUPED_NUMBER, _TABLE):
         spans.extend(m.span() for m in pattern.finditer(text))
     for match in _URL.finditer(text):
         start, end = match.span()
@@ -251,6 +261,11 @@ def _gap_separator(text: str, seg: Segmentation, left: int, right: int) -> str:
     for separator in separators:
         if separator:
             return separator
+    # No separator anywhere in the gap (text written without spaces). Two pieces that are not
+    # of such a script ("GPT-4" and "2020" in "GPT-4の2020年") would fuse into one word: a space.
+    left_char, right_char = text[seg.ends[left] - 1], text[seg.starts[right]]
+    if not _NO_SPACE_CHAR.match(left_char) and not _NO_SPACE_CHAR.match(right_char):
+        return " "
     return ""
 
 
@@ -290,3 +305,31 @@ def join_units(seg: Segmentation, keep: np.ndarray) -> tuple[str, list[tuple[int
     if kept[0] == 0:
         spans[0] = (0, spans[0][1])
     return "".join(pieces), spans
+
+
+def pieces(seg: Segmentation, granularity: str = "clause") -> np.ndarray:
+    """Piece id of each unit (non-decreasing): what selection keeps or drops together.
+
+    ``"word"``: every unit alone; ``"sentence"``: whole sentences; ``"clause"``: a piece ends
+    after a unit ending in clause punctuation (``, ; : — –`` and CJK forms) and at every
+    sentence end; a protected unit (code, JSON, table, URL...) is a piece of its own.
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    n = len(seg)
+    if granularity == "word" or n == 0:
+        return np.arange(n, dtype=np.int64)
+    if granularity == "sentence":
+        return seg.sentence.astype(np.int64, copy=True)
+    out = np.zeros(n, dtype=np.int64)
+    current = 0
+    for i in range(n):
+        if i and (
+            seg.sentence[i] != seg.sentence[i - 1]
+            or seg.protected[i]
+            or seg.protected[i - 1]
+            or _CLAUSE_END.search(seg.text[seg.starts[i - 1] : seg.ends[i - 1]])
+        ):
+            current += 1
+        out[i] = current
+    return out

@@ -167,8 +167,11 @@ class _Encoder:
         if not texts:
             return np.zeros((0, self.model.get_sentence_embedding_dimension() or 384), dtype=np.float32)
         return self.model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=normalize,
-            convert_to_numpy=True, show_progress_bar=False,
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
 
 
@@ -254,7 +257,9 @@ class EmbeddingsFilterBaseline(BudgetedCompressor):
 
     name = "embeddings_filter"
 
-    def __init__(self, counter: TokenCounter, encoder: SentenceTransformer | None = None, *, use_langchain: bool | None = None) -> None:
+    def __init__(
+        self, counter: TokenCounter, encoder: SentenceTransformer | None = None, *, use_langchain: bool | None = None
+    ) -> None:
         super().__init__(counter)
         self.encoder = _Encoder(encoder)
         ranker = _langchain_ranker(self.encoder.model) if use_langchain in (None, True) else None

@@ -115,13 +115,22 @@ class LLMLinguaPeer:
                     record = {"key": key, "query": query, "documents": list(documents), "target_tokens": int(target)}
                     stream.write(json.dumps(record, ensure_ascii=False) + "\n")
             command = [
-                str(self.config.python_path), str(RUNNER), "--model", str(self.config.model_path),
-                "--input", input_name, "--output", str(output), "--threads", str(self.config.threads),
+                str(self.config.python_path),
+                str(RUNNER),
+                "--model",
+                str(self.config.model_path),
+                "--input",
+                input_name,
+                "--output",
+                str(output),
+                "--threads",
+                str(self.config.threads),
             ]
             logger.info("running LongLLMLingua peer on %d requests", len(seen))
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-            completed = subprocess.run(command, env=env, stderr=sys.stderr, stdout=subprocess.PIPE, text=True,
-                                       timeout=self.config.timeout_s, check=False)
+            completed = subprocess.run(
+                command, env=env, stderr=sys.stderr, stdout=subprocess.PIPE, text=True, timeout=self.config.timeout_s, check=False
+            )
             if completed.returncode != 0:
                 raise RuntimeError(f"LongLLMLingua runner failed with exit code {completed.returncode} (see its stderr above)")
             results: dict[str, dict] = {}
@@ -144,6 +153,5 @@ class LLMLinguaPeer:
             sample = errors.get(missing[0], "no output written")
             raise RuntimeError(f"LongLLMLingua produced no output for {len(missing)} of {len(keys)} requests; first: {sample}")
         return [
-            PeerOutput(results[k]["documents"], float(results[k]["seconds"]), int(results[k]["compressed_tokens"]))
-            for k in keys
+            PeerOutput(results[k]["documents"], float(results[k]["seconds"]), int(results[k]["compressed_tokens"])) for k in keys
         ]

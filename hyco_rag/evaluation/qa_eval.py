@@ -41,7 +41,7 @@ from hyco_rag.metrics import answer_in_text, best_exact_match, best_f1
 
 if TYPE_CHECKING:
     from hyco_rag.data import QAExample
-    from hyco_rag.generation import ChatGenerator, Generation
+    from hyco_rag.generation import ChatGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -175,17 +175,18 @@ def sample_examples(examples: list[QAExample], limit: int, seed: int) -> list[QA
 
 
 def load_examples(dataset: str, limit: int, *, seed: int = 0, num_distractors: int = 9) -> list[QAExample]:
-    """Questions of ``dataset`` with their passages (SQuAD: gold + same-article distractors)."""
+    """Questions of ``dataset`` with their passages (SQuAD: gold + same-article distractors).
+
+    Multi-hop sets are their *held-out* splits only (:data:`hyco_rag.compression.training.data.SPLITS`),
+    the rows the shipped compressor never trained on.
+    """
     from hyco_rag import data
+    from hyco_rag.compression.training.data import SPLITS, load_split
 
     if dataset == "squad":
         examples = data.load_squad(num_distractors=num_distractors, seed=seed)
-    elif dataset == "hotpotqa":
-        examples = data.load_hotpotqa()
-    elif dataset == "musique":
-        examples = data.load_musique()
-    elif dataset == "2wikimultihopqa":
-        examples = data.load_2wikimultihopqa()
+    elif dataset in SPLITS:
+        examples = load_split(dataset, "heldout")
     else:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     examples = [e for e in examples if e.answers and e.gold and e.passages]
@@ -285,8 +286,15 @@ class CachedReader:
                     outputs = self.generator.generate_prompts([p for _, p in batch])
                     seconds = (time.perf_counter() - tick) / len(batch)
                     self.cache.put_many(
-                        (key, {"text": output.text, "prompt_tokens": output.prompt_tokens,
-                               "completion_tokens": output.completion_tokens, "seconds": seconds})
+                        (
+                            key,
+                            {
+                                "text": output.text,
+                                "prompt_tokens": output.prompt_tokens,
+                                "completion_tokens": output.completion_tokens,
+                                "seconds": seconds,
+                            },
+                        )
                         for (key, _), output in zip(batch, outputs)
                     )
                     bar.update(len(batch))
@@ -370,7 +378,9 @@ class QAEvaluation:
         if self._generator is None:
             from hyco_rag.generation import ChatGenerator, GenerationConfig
 
-            config = GenerationConfig(max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size, stop_at_newline=True)
+            config = GenerationConfig(
+                max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size, stop_at_newline=True
+            )
             self._generator = ChatGenerator.from_pretrained(self.config.reader, config=config, device="cpu")
         return self._generator
 
@@ -416,7 +426,9 @@ class QAEvaluation:
 
     # -- running -------------------------------------------------------------------------------
     def items(self, dataset: str) -> DatasetItems:
-        examples = load_examples(dataset, self.config.limit_for(dataset), seed=self.config.seed, num_distractors=self.config.num_distractors)
+        examples = load_examples(
+            dataset, self.config.limit_for(dataset), seed=self.config.seed, num_distractors=self.config.num_distractors
+        )
         with_titles = self.config.titles_for_multihop and dataset != MAIN_DATASET
         documents = [document_texts(e, with_titles) for e in examples]
         tokens_in = [self.counter.total(d) for d in documents]
@@ -425,6 +437,7 @@ class QAEvaluation:
 
     def _rate_free(self, items: DatasetItems, method: str) -> MethodRun:
         n = len(items.examples)
+        documents: list[list[str]]
         if method == "none":
             documents = [[] for _ in range(n)]
         elif method == "full":
@@ -441,13 +454,15 @@ class QAEvaluation:
         compressor = self.baseline(method)
         settings = [method, getattr(compressor, "implementation", ""), getattr(compressor, "seed", None)]
         runs = {rate: MethodRun([], [], []) for rate in rates}
-        for example, documents, tokens_in in tqdm(list(zip(items.examples, items.documents, items.tokens_in)), desc=f"{items.name}/{method}", leave=False):
+        for example, documents, tokens_in in tqdm(
+            list(zip(items.examples, items.documents, items.tokens_in)), desc=f"{items.name}/{method}", leave=False
+        ):
             budgets = [token_budget(tokens_in, rate) for rate in rates]
             keys = [self.compressions.key(settings, example.question, documents, budget) for budget in budgets]
             if not all(key in self.compressions for key in keys):
-                prepared, prepare_seconds = _timed(lambda: compressor.prepare(example.question, documents))
+                prepared, prepare_seconds = _timed(lambda: compressor.prepare(example.question, documents))  # noqa: B023 (called here)
                 for key, budget in zip(keys, budgets):
-                    output, select_seconds = _timed(lambda: compressor.select(prepared, budget))
+                    output, select_seconds = _timed(lambda: compressor.select(prepared, budget))  # noqa: B023 (called here)
                     # each rate alone would redo prepare, so each is charged for it
                     self.compressions.put(key, {"documents": output, "seconds": prepare_seconds + select_seconds})
             for rate, key, budget in zip(rates, keys, budgets):
@@ -463,9 +478,13 @@ class QAEvaluation:
         hyco = self.hyco
         runs = {rate: MethodRun([], [], []) for rate in rates}
         for rate in rates:
-            for example, documents, tokens_in in tqdm(list(zip(items.examples, items.documents, items.tokens_in)), desc=f"{items.name}/hyco@{rate_label(rate)}", leave=False):
+            for example, documents, tokens_in in tqdm(
+                list(zip(items.examples, items.documents, items.tokens_in)),
+                desc=f"{items.name}/hyco@{rate_label(rate)}",
+                leave=False,
+            ):
                 budget = token_budget(tokens_in, rate)
-                output, seconds = _timed(lambda: hyco.compress(example.question, documents, budget))
+                output, seconds = _timed(lambda: hyco.compress(example.question, documents, budget))  # noqa: B023 (called here)
                 runs[rate].documents.append(output)
                 runs[rate].seconds.append(seconds)
                 runs[rate].budgets.append(budget)
@@ -484,8 +503,14 @@ class QAEvaluation:
         # llmlingua_limit questions (the first of the nested sample).
 
         cache = str(Path(self.config.cache_dir) / f"llmlingua-outputs-{items.name}.jsonl") if self.config.cache_dir else None
-        peer = LLMLinguaPeer(LLMLinguaPeerConfig(python=self.config.llmlingua_python, model=self.config.llmlingua_model,
-                                                 threads=self.config.threads, cache_path=cache))
+        peer = LLMLinguaPeer(
+            LLMLinguaPeerConfig(
+                python=self.config.llmlingua_python,
+                model=self.config.llmlingua_model,
+                threads=self.config.threads,
+                cache_path=cache,
+            )
+        )
         # Grouped by question so the runner reuses its budget-independent ranking across rates.
         requests, slots = [], []
         for index, (example, documents, tokens_in) in enumerate(zip(items.examples, items.documents, items.tokens_in)):
@@ -493,7 +518,10 @@ class QAEvaluation:
                 requests.append((example.question, documents, token_budget(tokens_in, rate)))
                 slots.append((rate, index))
         outputs = peer.compress_many(requests)
-        runs = {rate: MethodRun([None] * len(items.examples), [0.0] * len(items.examples), [None] * len(items.examples)) for rate in rates}
+        runs = {
+            rate: MethodRun([None] * len(items.examples), [0.0] * len(items.examples), [None] * len(items.examples))  # type: ignore[list-item]  # filled below
+            for rate in rates
+        }
         for (rate, index), (_, _, budget), output in zip(slots, requests, outputs):
             runs[rate].documents[index] = output.documents
             runs[rate].seconds[index] = output.seconds
@@ -546,7 +574,12 @@ class QAEvaluation:
         items = self.items(dataset)
         methods = self.config.methods_for(dataset)
         rates = self.config.rates_for(dataset)
-        logger.info("%s: %d questions, %.0f context tokens each on average", dataset, len(items.examples), sum(items.tokens_in) / max(1, len(items.examples)))
+        logger.info(
+            "%s: %d questions, %.0f context tokens each on average",
+            dataset,
+            len(items.examples),
+            sum(items.tokens_in) / max(1, len(items.examples)),
+        )
         rows = []
         for method in methods:
             if method in RATE_FREE_METHODS:
@@ -558,7 +591,9 @@ class QAEvaluation:
                 subset = items
                 if self.config.llmlingua_limit is not None and self.config.llmlingua_limit < len(items.examples):
                     k = self.config.llmlingua_limit
-                    subset = DatasetItems(items.name, items.examples[:k], items.documents[:k], items.tokens_in[:k], items.answer_in_full[:k])
+                    subset = DatasetItems(
+                        items.name, items.examples[:k], items.documents[:k], items.tokens_in[:k], items.answer_in_full[:k]
+                    )
                 runs = self._llmlingua_runs(subset, rates)
                 for rate in rates:
                     rows.append(self._score(subset, method, rate, runs[rate]))
@@ -604,9 +639,23 @@ def subset_mean(row: dict[str, Any], ids: Sequence[str], metric: str = "f1") -> 
         return None
     return sum(values) / len(values)
 
+
 TABLE_COLUMNS = [
-    "dataset", "label", "rate_label", "n", "reader_n", "kept_share", "tokens_in", "tokens_out", "answer_recall",
-    "em", "f1", "f1_vs_oracle", "s_per_q", "throughput_tok_s", "batched_tok_s",
+    "dataset",
+    "label",
+    "rate_label",
+    "n",
+    "reader_n",
+    "kept_share",
+    "tokens_in",
+    "tokens_out",
+    "answer_recall",
+    "em",
+    "f1",
+    "f1_vs_oracle",
+    "s_per_q",
+    "throughput_tok_s",
+    "batched_tok_s",
 ]
 
 
@@ -617,16 +666,32 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         short = {key: row.get(key) for key in TABLE_COLUMNS}
         short["batched_tok_s"] = row.get("throughput_batched_tok_s")
         for key in ("throughput_tok_s", "batched_tok_s"):
-            if short.get(key) is not None:
-                short[key] = int(round(short[key]))
+            value = short.get(key)
+            if value is not None:
+                short[key] = int(round(value))
         out.append(short)
     return out
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The summary as a Markdown table (for docs/benchmarks.md)."""
-    columns = ["dataset", "method", "rate", "n", "reader_n", "kept share", "tokens in", "tokens out", "answer recall %",
-               "EM", "F1", "F1 % of oracle", "s/question", "tok/s", "tok/s batched"]
+    columns = [
+        "dataset",
+        "method",
+        "rate",
+        "n",
+        "reader_n",
+        "kept share",
+        "tokens in",
+        "tokens out",
+        "answer recall %",
+        "EM",
+        "F1",
+        "F1 % of oracle",
+        "s/question",
+        "tok/s",
+        "tok/s batched",
+    ]
 
     def fmt(value: Any, digits: int = 1) -> str:
         if value is None:
@@ -637,19 +702,41 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [row["dataset"], row["label"], row["rate_label"], fmt(row["n"]), fmt(row.get("reader_n")),
-                 fmt(row["kept_share"], 3), fmt(row["tokens_in"], 0), fmt(row["tokens_out"], 0), fmt(row["answer_recall"]),
-                 fmt(row["em"]), fmt(row["f1"]), fmt(row.get("f1_vs_oracle"), 0), fmt(row["s_per_q"], 2),
-                 fmt(row.get("throughput_tok_s"), 0), fmt(row.get("throughput_batched_tok_s"), 0)]
+        cells = [
+            row["dataset"],
+            row["label"],
+            row["rate_label"],
+            fmt(row["n"]),
+            fmt(row.get("reader_n")),
+            fmt(row["kept_share"], 3),
+            fmt(row["tokens_in"], 0),
+            fmt(row["tokens_out"], 0),
+            fmt(row["answer_recall"]),
+            fmt(row["em"]),
+            fmt(row["f1"]),
+            fmt(row.get("f1_vs_oracle"), 0),
+            fmt(row["s_per_q"], 2),
+            fmt(row.get("throughput_tok_s"), 0),
+            fmt(row.get("throughput_batched_tok_s"), 0),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def targets(rows: Sequence[dict[str, Any]], rate: float = 1 / 8) -> dict[str, Any]:
     """The issue's targets at 8x fewer tokens on SQuAD, checked against this run's rows."""
+
     def find(method: str, at: float | None) -> dict[str, Any] | None:
-        return next((r for r in rows if r["dataset"] == MAIN_DATASET and r["method"] == method
-                     and (r["rate"] is None if at is None else r["rate"] is not None and math.isclose(r["rate"], at))), None)
+        return next(
+            (
+                r
+                for r in rows
+                if r["dataset"] == MAIN_DATASET
+                and r["method"] == method
+                and (r["rate"] is None if at is None else r["rate"] is not None and math.isclose(r["rate"], at))
+            ),
+            None,
+        )
 
     ours, full = find("hyco", rate), find("full", None)
     llmlingua, efilter = find("llmlingua", rate), find("embeddings_filter", rate)
@@ -670,38 +757,74 @@ def targets(rows: Sequence[dict[str, Any]], rate: float = 1 / 8) -> dict[str, An
             result[f"f1>={name}+5"] = {"value": value, name: peer["f1"], "questions": n, "met": value >= peer["f1"] + 5}
     best = max((v for v in (ours.get("throughput_tok_s"), ours.get("throughput_batched_tok_s")) if v is not None), default=None)
     if best is not None:
-        result["throughput>=10k_tok_s_cpu"] = {"value": best, "per_question": ours.get("throughput_tok_s"),
-                                               "batched": ours.get("throughput_batched_tok_s"), "met": best >= 10_000}
+        result["throughput>=10k_tok_s_cpu"] = {
+            "value": best,
+            "per_question": ours.get("throughput_tok_s"),
+            "batched": ours.get("throughput_batched_tok_s"),
+            "met": best >= 10_000,
+        }
     return result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``benchmarks/compression_qa.py`` and ``hyco-rag eval``."""
     defaults = EvalConfig.__dataclass_fields__
-    parser.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)} (default: all; SQuAD is the main table, the others the generality section)")
-    parser.add_argument("--limit", type=int, default=defaults["limit"].default, help="SQuAD questions (seeded random sample of v1.1 dev)")
-    parser.add_argument("--generality-limit", type=int, default=defaults["generality_limit"].default, help="questions per multi-hop set")
-    parser.add_argument("--reader-limit", type=int, default=None, help="reader EM/F1 on the first N SQuAD questions only (answer recall, tokens and speed use all); default: all")
+    parser.add_argument(
+        "--datasets",
+        default=",".join(DATASETS),
+        help=f"comma list of {', '.join(DATASETS)} (default: all; SQuAD is the main table, the others the generality section)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=defaults["limit"].default, help="SQuAD questions (seeded random sample of v1.1 dev)"
+    )
+    parser.add_argument(
+        "--generality-limit", type=int, default=defaults["generality_limit"].default, help="questions per multi-hop set"
+    )
+    parser.add_argument(
+        "--reader-limit",
+        type=int,
+        default=None,
+        help="reader EM/F1 on the first N SQuAD questions only (answer recall, tokens and speed use all); default: all",
+    )
     parser.add_argument("--generality-reader-limit", type=int, default=None, help="the same for each multi-hop set")
     parser.add_argument("--rates", default="1/2,1/4,1/8,1/10", help="kept shares for SQuAD, e.g. 1/2,1/4,1/8,1/10")
     parser.add_argument("--generality-rates", default="1/4,1/8", help="kept shares for the multi-hop sets")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma list of {', '.join(ALL_METHODS)}")
     parser.add_argument("--generality-methods", default=",".join(GENERALITY_METHODS), help="methods run on the multi-hop sets")
-    parser.add_argument("--skip-llmlingua", action="store_true", help="leave out the LongLLMLingua peer (slow; needs scripts/peers/setup_llmlingua.sh)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 8 SQuAD + 4 per multi-hop set, rates 1/4,1/8, no LongLLMLingua, 8 new tokens")
+    parser.add_argument(
+        "--skip-llmlingua",
+        action="store_true",
+        help="leave out the LongLLMLingua peer (slow; needs scripts/peers/setup_llmlingua.sh)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 8 SQuAD + 4 per multi-hop set, rates 1/4,1/8, no LongLLMLingua, 8 new tokens",
+    )
     parser.add_argument("--num-distractors", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"].default)
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"].default)
-    parser.add_argument("--threads", type=int, default=defaults["threads"].default, help="torch CPU threads (reader, compressors, peer)")
-    parser.add_argument("--reader", default=None, help="reader LLM (HF id, folder or GGUF); default: embedded SmolLM2-135M-Instruct")
-    parser.add_argument("--compressor", default=None, help="HyCo weights folder (HyCoCompressor.from_pretrained); default: the shipped weights")
+    parser.add_argument(
+        "--threads", type=int, default=defaults["threads"].default, help="torch CPU threads (reader, compressors, peer)"
+    )
+    parser.add_argument(
+        "--reader", default=None, help="reader LLM (HF id, folder or GGUF); default: embedded SmolLM2-135M-Instruct"
+    )
+    parser.add_argument(
+        "--compressor", default=None, help="HyCo weights folder (HyCoCompressor.from_pretrained); default: the shipped weights"
+    )
     parser.add_argument("--no-titles", action="store_true", help="do not prefix multi-hop passages with their titles")
     parser.add_argument("--cache-dir", default=str(default_cache_dir()), help="generation / LongLLMLingua cache folder")
     parser.add_argument("--no-cache", action="store_true", help="generate everything afresh")
     parser.add_argument("--llmlingua-python", default=None, help="python of the LongLLMLingua venv")
     parser.add_argument("--llmlingua-model", default=None, help="SmolLM2 folder prepared for transformers 4.44")
-    parser.add_argument("--llmlingua-limit", type=int, default=None, help="run LongLLMLingua on the first N SQuAD questions only (it takes ~1 min/question/rate on a loaded CPU); the targets compare on those")
+    parser.add_argument(
+        "--llmlingua-limit",
+        type=int,
+        default=None,
+        help="run LongLLMLingua on the first N SQuAD questions only (it takes ~1 min/question/rate on a loaded CPU); the targets compare on those",
+    )
     parser.add_argument("--results-dir", default="benchmarks/results", help="where the JSON and PNG go")
     parser.add_argument("--name", default="compression_qa", help="results file stem")
     parser.add_argument("--no-plot", action="store_true")
@@ -714,20 +837,36 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         methods = tuple(m for m in methods if m != "llmlingua")
     kwargs: dict[str, Any] = dict(
         datasets=_parse_list(args.datasets, DATASETS, "dataset"),
-        limit=args.limit, generality_limit=args.generality_limit,
-        rates=parse_rates(args.rates), generality_rates=parse_rates(args.generality_rates),
-        methods=methods, generality_methods=_parse_list(args.generality_methods, ALL_METHODS, "method"),
-        num_distractors=args.num_distractors, seed=args.seed, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, threads=args.threads, reader=args.reader, compressor=args.compressor,
-        titles_for_multihop=not args.no_titles, cache_dir=None if args.no_cache else args.cache_dir,
-        llmlingua_python=args.llmlingua_python, llmlingua_model=args.llmlingua_model,
-        llmlingua_limit=args.llmlingua_limit, reader_limit=args.reader_limit,
+        limit=args.limit,
+        generality_limit=args.generality_limit,
+        rates=parse_rates(args.rates),
+        generality_rates=parse_rates(args.generality_rates),
+        methods=methods,
+        generality_methods=_parse_list(args.generality_methods, ALL_METHODS, "method"),
+        num_distractors=args.num_distractors,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        reader=args.reader,
+        compressor=args.compressor,
+        titles_for_multihop=not args.no_titles,
+        cache_dir=None if args.no_cache else args.cache_dir,
+        llmlingua_python=args.llmlingua_python,
+        llmlingua_model=args.llmlingua_model,
+        llmlingua_limit=args.llmlingua_limit,
+        reader_limit=args.reader_limit,
         generality_reader_limit=args.generality_reader_limit,
     )
     if args.quick:
-        kwargs.update(limit=min(args.limit, 8), generality_limit=min(args.generality_limit, 4),
-                      rates=(1 / 4, 1 / 8), generality_rates=(1 / 4, 1 / 8), max_new_tokens=8,
-                      methods=tuple(m for m in methods if m != "llmlingua"))
+        kwargs.update(
+            limit=min(args.limit, 8),
+            generality_limit=min(args.generality_limit, 4),
+            rates=(1 / 4, 1 / 8),
+            generality_rates=(1 / 4, 1 / 8),
+            max_new_tokens=8,
+            methods=tuple(m for m in methods if m != "llmlingua"),
+        )
     return EvalConfig(**kwargs)
 
 

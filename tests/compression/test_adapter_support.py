@@ -27,9 +27,22 @@ def test_passage_stats_are_plain_json_and_the_index_can_be_overridden() -> None:
         "ratio": 0.3,
         "relevance": 0.9,
         "kept_spans": [[0, 4]],
+        "dropped": False,
     }
     assert json.loads(json.dumps(stats)) == stats and "text" not in stats
     assert passage.stats(index=5)["index"] == 5
+    empty = CompressedPassage(index=0, text=" ", original_tokens=4, compressed_tokens=0, ratio=0.0, relevance=0.1,
+                              kept_spans=[])
+    assert empty.stats()["dropped"]  # nothing left, even when drop_empty kept the document
+
+
+def test_boolean_budgets_are_refused_before_pydantic_turns_them_into_numbers() -> None:
+    from hyco_rag.compression.adapters import reject_boolean
+
+    for value in (True, False):
+        with pytest.raises(ValueError, match="rate must be a number, not a boolean"):
+            reject_boolean(value, "rate")
+    assert reject_boolean(0.5, "rate") == 0.5 and reject_boolean(None, "rate") is None
 
 
 def test_metadata_copies_are_deep_and_fall_back_to_a_fresh_dict() -> None:

@@ -62,3 +62,21 @@ def test_bad_line_fails_naming_the_line_and_writes_nothing(tmp_path, capsys):
     assert main(["compress", "--input", str(source), "--output", str(target), "--rate", "nan", "--no-progress"]) == 2
     assert "rate must be a finite number" in capsys.readouterr().err
     assert not target.exists()
+
+
+def test_a_threshold_that_keeps_nothing_warns_and_zero_budgets_fail(tmp_path, caplog):
+    import logging
+    import warnings
+
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(source, LINES[:2])
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["compress", "--input", str(source), "--output", str(target), "--threshold", "1.0",
+                     "--no-progress", "--device", "cpu"]) == 0
+    out = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+    assert all("kept nothing" in r["stats"]["warning"] for r in out)
+    assert "2 of 2 lines kept nothing" in caplog.text
+    assert main(["compress", "--input", str(source), "--output", str(tmp_path / "x.jsonl"), "--target-tokens", "0",
+                 "--no-progress"]) == 2
+    assert not (tmp_path / "x.jsonl").exists()

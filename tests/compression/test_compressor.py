@@ -77,8 +77,8 @@ def test_target_tokens_is_one_budget_over_all_passages(compressor):
     counts = [len(compressor.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in result.texts if t]
     assert sum(counts) == result.stats["compressed_tokens"] <= 30
     assert result.stats["tokenizer"] == compressor.config.encoder
-    assert compressor.compress(QUERY, DOCS, target_tokens=0).stats["compressed_tokens"] == 0
-    assert all(p.dropped for p in compressor.compress(QUERY, DOCS, target_tokens=0).passages)
+    with pytest.raises(ValueError, match="target_tokens must be a positive integer"):
+        compressor.compress(QUERY, DOCS, target_tokens=0)
 
 
 def test_full_rate_returns_the_documents_unchanged(compressor):
@@ -90,8 +90,10 @@ def test_full_rate_returns_the_documents_unchanged(compressor):
 def test_threshold_and_floor_and_force_tokens(compressor):
     loose = compressor.compress(QUERY, DOCS, threshold=0.0)
     assert loose.texts == DOCS
-    strict = compressor.compress(QUERY, DOCS, threshold=1.0)
+    with pytest.warns(UserWarning, match="kept nothing"):
+        strict = compressor.compress(QUERY, DOCS, threshold=1.0)
     assert strict.stats["compressed_tokens"] == 0
+    assert "kept nothing" in strict.stats["warning"]
     floored = compressor.compress(QUERY, DOCS, target_tokens=30, min_tokens_per_passage=5)
     assert all(p.compressed_tokens >= 4 for p in floored.passages)  # 5 tokens of units, recount may merge
     forced = compressor.compress(QUERY, DOCS, rate=0.2, force_tokens=["Himalayas"])
@@ -177,7 +179,7 @@ def test_hundred_thousand_token_document_is_chunked_not_truncated(tiny_compresso
     assert result.stats["encoder_tokens"] == n_tokens
     assert grown_mb < 1500
     # Chunks cover the whole document, overlapping, within max_length.
-    from hyco_rag.compression.features import plan_chunks, document_view
+    from hyco_rag.compression.features import document_view, plan_chunks
 
     view = document_view(tiny_compressor.tokenizer, text)
     chunks = plan_chunks(view, 200, 32)

@@ -16,6 +16,7 @@ def test_squad_groups_have_gold_distractors_and_spans(shared_data):
     groups = squad_groups(limit=6, passage_only_limit=2, seed=3)
     answered = [g for g in groups if g.fine_labels]
     assert len(answered) == 6 and len(groups) == 8
+    assert all(g.source == "squad" for g in answered) and all(g.id.startswith("sqexp-train") for g in groups)
     for group in answered:
         assert len(group.gold) == 1 and len(group.passages) == 4
         gold = group.passages[group.gold[0]]
@@ -25,7 +26,7 @@ def test_squad_groups_have_gold_distractors_and_spans(shared_data):
     texts = {p.text for g in groups for p in g.passages}
     from hyco_rag.data import load_squad
 
-    dev = {p.text for e in load_squad(limit=300) for p in e.passages}
+    dev = {p.text for e in load_squad() for p in e.passages}
     assert not texts & dev  # nothing from the v1.1 dev benchmark
 
 
@@ -124,3 +125,59 @@ def test_quick_lora_run_trains_deltas_end_to_end(shared_data, tmp_path):
     compressor = HyCoCompressor.from_pretrained(out, device="cpu")
     assert compressor.config.attention == "full" and compressor.config.lora_rank == 2
     assert compressor.compress("q?", ["Some text here. More text there."], rate=0.5).passages[0].compressed_tokens > 0
+
+
+def test_training_splits_are_disjoint_from_every_evaluation_set(shared_data):
+    """The default training data passes the leak check once shared distractors are dropped."""
+    from hyco_rag.compression.training.data import (
+        check_no_leak,
+        evaluation_texts,
+        holdout_multihop,
+        load_split,
+        multihop_groups,
+        remove_eval_paragraphs,
+        squad_groups,
+    )
+
+    paragraphs, questions = evaluation_texts()
+    held = holdout_multihop()
+    assert {name: len(rows) for name, rows in held.items()} == {"hotpotqa": 100, "2wikimultihopqa": 100, "musique": 100}
+    assert len(load_split("hotpotqa", "train")) == 220 and len(load_split("2wikimultihopqa", "train")) == 400
+    assert load_split("musique", "train") == []
+    train_ids = {e.id for family in ("hotpotqa", "2wikimultihopqa") for e in load_split(family, "train")}
+    assert not train_ids & {e.id for rows in held.values() for e in rows}
+    groups = squad_groups(limit=20, passage_only_limit=5, seed=1) + multihop_groups(max_passages=4)
+    report = check_no_leak(remove_eval_paragraphs(groups, paragraphs, questions), paragraphs, questions)
+    assert report["groups"] >= 20 + 5 + 600 and report["eval_paragraphs"] > 2000
+
+
+def test_leak_check_raises_on_an_evaluation_paragraph_or_question(shared_data):
+    from hyco_rag.compression.training.data import (
+        DataLeakError,
+        check_no_leak,
+        evaluation_texts,
+        remove_eval_paragraphs,
+        squad_groups,
+    )
+    from hyco_rag.data import load_squad
+
+    paragraphs, questions = evaluation_texts(multihop=False)
+    dev = load_squad(limit=1)[0]
+    gold = dev.passages[dev.gold[0]].text
+    clean = TrainGroup("c", "Where is it?", ["x"], [TrainPassage("Some clean training text.", 1.0)], "test")
+    check_no_leak([clean], paragraphs, questions)
+    # A v1.1 dev paragraph, with changed case and spacing, as a distractor of a training group.
+    leaky = TrainGroup("l", "Where is it?", ["x"], [TrainPassage("Some clean training text.", 1.0),
+                                                    TrainPassage("  " + gold.upper().replace(" ", "  "), 0.0)], "test")
+    with pytest.raises(DataLeakError, match="paragraph of l"):
+        check_no_leak([clean, leaky], paragraphs, questions)
+    with pytest.raises(DataLeakError, match="question of q"):
+        check_no_leak([TrainGroup("q", dev.question, ["x"], [TrainPassage("clean", 1.0)], "test")], paragraphs, questions)
+    # The filter drops the shared distractor (group kept) and a group whose gold is a dev paragraph.
+    gold_leak = TrainGroup("g", "Where?", ["x"], [TrainPassage(gold, 1.0)], "test")
+    filtered = remove_eval_paragraphs([leaky, gold_leak], paragraphs, questions)
+    assert [g.id for g in filtered] == ["l"] and len(filtered[0].passages) == 1
+    check_no_leak(filtered, paragraphs, questions)
+    # The cs224n files are refused as a training source outright.
+    with pytest.raises(DataLeakError, match="never train on it"):
+        squad_groups(limit=1, path="squad/cs224n-dev-v2.0.json")

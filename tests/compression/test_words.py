@@ -108,3 +108,31 @@ def test_random_drops_keep_integrity_on_mixed_text():
             assert text[a:b].strip() == text[a:b].strip()  # spans are valid slices
         latin = [w for w in joined.split() if w.isascii()]
         assert all(w in text.split() for w in latin)
+
+
+def test_tables_are_protected_and_pieces_follow_clauses():
+    from hyco_rag.compression.words import pieces, segment
+
+    text = "Heights, in metres: see below.\n| city | height |\n|---|---|\n| Paris | 330 |\nThat is all."
+    seg = segment(text)
+    units = [seg.unit_text(i) for i in range(len(seg))]
+    table = "| city | height |\n|---|---|\n| Paris | 330 |"
+    assert table in units and seg.protected[units.index(table)]
+    ids = pieces(seg, "clause")
+    groups = [" ".join(u for u, p in zip(units, ids) if p == k) for k in range(ids.max() + 1)]
+    assert groups == ["Heights,", "in metres:", "see below.", table, "That is all."]
+    assert pieces(seg, "word").tolist() == list(range(len(seg)))
+    assert pieces(seg, "sentence").tolist() == seg.sentence.tolist()
+    with pytest.raises(ValueError, match="granularity"):
+        pieces(seg, "paragraph")
+
+
+def test_words_of_spaced_scripts_never_fuse_across_a_gap_in_unspaced_text():
+    import numpy as np
+
+    from hyco_rag.compression.words import join_units, segment
+
+    seg = segment("中abc文def")
+    assert [seg.unit_text(i) for i in range(len(seg))] == ["中", "abc", "文", "def"]
+    assert join_units(seg, np.array([True, True, False, True]))[0] == "中abc def"
+    assert join_units(seg, np.array([True, False, True, False]))[0] == "中文"

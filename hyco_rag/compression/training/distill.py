@@ -80,8 +80,11 @@ def _candidates(group: TrainGroup, max_candidates: int) -> list[tuple[int, int]]
         if passage.label <= 0:
             continue
         seg = segment(passage.text)
-        marks = [s for start, end in passage.evidence_spans + passage.answer_spans
-                 for s in np.unique(seg.sentence[(seg.ends > start) & (seg.starts < end)]).tolist()]
+        marks = [
+            s
+            for start, end in passage.evidence_spans + passage.answer_spans
+            for s in np.unique(seg.sentence[(seg.ends > start) & (seg.starts < end)]).tolist()
+        ]
         for s in range(seg.num_sentences):
             words = {seg.unit_text(u).lower().strip(".,;:?!\"'()") for u in np.flatnonzero(seg.sentence == s)}
             overlap = len(words & query_words) / (1 + len(query_words))

@@ -282,10 +282,15 @@ class Trainer:
         temporary = self.output / f".{OPTIMIZER_NAME}.tmp"
         save_file(moments, str(temporary))
         os.replace(temporary, self.output / OPTIMIZER_NAME)
-        write_json_atomic(self.output / STATE_NAME, {
-            "step": self.step, "optimizer_step": optimizer_step, "history": self.history[-200:],
-            "train_config": asdict(self.train_config),
-        })
+        write_json_atomic(
+            self.output / STATE_NAME,
+            {
+                "step": self.step,
+                "optimizer_step": optimizer_step,
+                "history": self.history[-200:],
+                "train_config": asdict(self.train_config),
+            },
+        )
         return self.output
 
     # -- features (frozen backbone) ----------------------------------------------------------------
@@ -303,8 +308,9 @@ class Trainer:
             empty = torch.as_tensor([not p.query_ids for p in block], device=self.device).unsqueeze(-1)
             q_lower, q_final = q_lower.masked_fill(empty, 0.0), q_final.masked_fill(empty, 0.0)
             if keys is not None and self.train_config.cache_lower and all(k in self._cache for k in keys):
-                hidden = torch.zeros((len(chunks), inputs["input_ids"].shape[1], self.model.backbone.config.hidden_size),
-                                     device=self.device)
+                hidden = torch.zeros(
+                    (len(chunks), inputs["input_ids"].shape[1], self.model.backbone.config.hidden_size), device=self.device
+                )
                 for row, key in enumerate(keys):
                     cached = self._cache[key]
                     hidden[row, : cached.shape[0]] = cached.to(self.device, torch.float32)
@@ -337,8 +343,12 @@ class Trainer:
             row = 0
             for prep in block:
                 n = len(prep.chunks)
-                features.append((coarse.slice_rows(row, row + n).to("cpu", torch.bfloat16),
-                                 fine.slice_rows(row, row + n).to("cpu", torch.bfloat16)))
+                features.append(
+                    (
+                        coarse.slice_rows(row, row + n).to("cpu", torch.bfloat16),
+                        fine.slice_rows(row, row + n).to("cpu", torch.bfloat16),
+                    )
+                )
                 row += n
             progress.update(len(block))
             start = end
@@ -400,12 +410,15 @@ class Trainer:
         from tqdm.auto import tqdm
 
         logger.info("preparing %d training groups", len(self.groups))
-        prepared = [prepare_group(i, g, self.tokenizer, self.template, self.config, self.distilled)
-                    for i, g in enumerate(tqdm(self.groups, desc="preparing groups", unit="group", leave=False))]
+        prepared = [
+            prepare_group(i, g, self.tokenizer, self.template, self.config, self.distilled)
+            for i, g in enumerate(tqdm(self.groups, desc="preparing groups", unit="group", leave=False))
+        ]
         return [p for p in prepared if p.chunks]
 
-    def train(self, features: list[tuple[PooledStates, PooledStates]] | None = None,
-              prepared: list[_Prepared] | None = None) -> HyCoScorer:
+    def train(
+        self, features: list[tuple[PooledStates, PooledStates]] | None = None, prepared: list[_Prepared] | None = None
+    ) -> HyCoScorer:
         """Train; with a frozen backbone, ``features`` (from :meth:`extract_features`) may be passed in."""
         from tqdm.auto import tqdm
 
@@ -441,6 +454,7 @@ class Trainer:
                 group["lr"] = base * self._lr_scale(self.step, total)
             items = [prepared[i] for i in batch]
             if frozen:
+                assert features is not None  # extracted above when frozen
                 coarse = PooledStates.cat([features[i][0] for i in batch]).to(self.device, torch.float32)
                 fine = PooledStates.cat([features[i][1] for i in batch]).to(self.device, torch.float32)
             else:
@@ -536,8 +550,9 @@ def feature_key(config: CompressorConfig, groups: list[TrainGroup]) -> str:
     digest = hashlib.sha256()
     from hyco_rag.compression.model import FEATURE_VERSION
 
-    relevant = {k: getattr(config, k) for k in ("encoder", "max_length", "max_query_tokens", "chunk_overlap", "exit_layer",
-                                                 "attention")}
+    relevant = {
+        k: getattr(config, k) for k in ("encoder", "max_length", "max_query_tokens", "chunk_overlap", "exit_layer", "attention")
+    }
     relevant["feature_version"] = FEATURE_VERSION
     digest.update(json.dumps(relevant, sort_keys=True).encode())
     for group in groups:

@@ -24,10 +24,15 @@ from typing import Any, cast
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from typing_extensions import Self, TypedDict
 
-from hyco_rag.compression.adapters import LazyCompressor, check_adapter_options, compress_options
+from hyco_rag.compression.adapters import (
+    LazyCompressor,
+    check_adapter_options,
+    compress_options,
+    reject_boolean,
+)
 from hyco_rag.metadata import copy_metadata
 
 logger = logging.getLogger(__name__)
@@ -80,7 +85,7 @@ class HyCoCompressor(BaseDocumentCompressor, RunnableSerializable[HyCoCompressor
 
     rate: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     """Fraction of the tokens to keep, e.g. 0.25 for 4x fewer tokens."""
-    target_tokens: int | None = Field(default=None, ge=0, strict=True)
+    target_tokens: int | None = Field(default=None, ge=1, strict=True)
     """One token budget across all documents of a call."""
     threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     """Keep every word whose keep score reaches this value (no fixed budget)."""
@@ -99,6 +104,11 @@ class HyCoCompressor(BaseDocumentCompressor, RunnableSerializable[HyCoCompressor
     """Key of the stats added to each output document's metadata."""
 
     _loader: LazyCompressor = PrivateAttr(default_factory=LazyCompressor)
+
+    @field_validator("rate", "threshold", "target_tokens", mode="before")
+    @classmethod
+    def _no_boolean_budget(cls, value: Any, info: Any) -> Any:
+        return reject_boolean(value, info.field_name)
 
     @model_validator(mode="after")
     def _check_options(self) -> Self:
@@ -176,8 +186,7 @@ class HyCoCompressor(BaseDocumentCompressor, RunnableSerializable[HyCoCompressor
         if not isinstance(value, Mapping) or "query" not in value or "documents" not in value:
             raise TypeError(
                 "HyCoCompressor as a runnable takes a mapping {'query': str, 'documents': [Document | str, ...]}; "
-                f"got {type(value).__name__}"
-                + (f" with keys {sorted(map(str, value))}" if isinstance(value, Mapping) else "")
+                f"got {type(value).__name__}" + (f" with keys {sorted(map(str, value))}" if isinstance(value, Mapping) else "")
             )
         documents = value["documents"]
         if isinstance(documents, (str, Document)) or not isinstance(documents, Sequence):
@@ -192,9 +201,7 @@ class HyCoCompressor(BaseDocumentCompressor, RunnableSerializable[HyCoCompressor
 
         return self._call_with_config(run, input, config)
 
-    async def ainvoke(
-        self, input: HyCoCompressorInput, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> list[Document]:
+    async def ainvoke(self, input: HyCoCompressorInput, config: RunnableConfig | None = None, **kwargs: Any) -> list[Document]:
         async def run(value: HyCoCompressorInput) -> list[Document]:
             query, documents = self._parse_input(value)
             return list(await self.acompress_documents(documents, query))

@@ -49,19 +49,24 @@ class HyCoRetriever(BaseRetriever):
     ``hyco_rag.compression.HyCoCompressor``) to share one loaded model.
 
     ``k`` (constructor or invoke keyword) is the number of documents asked of the base
-    retriever and returned. It reaches the base retriever as a keyword when its
+    retriever **and the number returned**: ``k=4`` gives 4 documents (fewer only when the base
+    retriever has fewer). It reaches the base retriever as a keyword when its
     ``_get_relevant_documents`` takes extra keywords (vector store retrievers), else through
     its ``k`` or ``search_kwargs["k"]`` field on a copy; the result is cut to ``k`` in any
-    case. With ``drop_empty=True`` a document that compresses to nothing is left out, so
-    fewer than ``k`` can come back.
+    case. The budget is shared, so a document may compress to nothing: here it is still
+    returned (its source, id and metadata kept, for citations), with empty ``page_content``
+    and ``metadata["hyco"]["dropped"] = True``; that is why this retriever defaults to
+    ``drop_empty=False``. LangChain's ``EmbeddingsFilter`` instead returns *at most* ``k``,
+    leaving out what it filters; ``drop_empty=True`` gives that convention here.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     base_retriever: RetrieverLike
     """Any retriever or runnable from a query string to a list of documents."""
-    compressor: HyCoCompressor = Field(default_factory=HyCoCompressor)
-    """The HyCo document compressor applied to what the base retriever returns."""
+    compressor: HyCoCompressor = Field(default_factory=lambda: HyCoCompressor(drop_empty=False))
+    """The HyCo document compressor applied to what the base retriever returns (default:
+    ``drop_empty=False``, so ``k`` documents come back)."""
     k: int | None = Field(default=None, ge=1, strict=True)
     """Number of documents to retrieve and return; None: the base retriever's own default."""
 
@@ -74,19 +79,21 @@ class HyCoRetriever(BaseRetriever):
         values = dict(values)
         options = {name: values.pop(name) for name in list(values) if name in _COMPRESSOR_FIELDS}
         compressor = values.get("compressor")
-        if compressor is not None and not isinstance(compressor, HyCoCompressor):
-            if isinstance(compressor, BaseDocumentCompressor):
-                raise TypeError(
-                    f"compressor must be a langchain_hyco.HyCoCompressor, got {type(compressor).__name__}; "
-                    "use langchain_classic's ContextualCompressionRetriever for other compressors"
-                )
-            values["compressor"] = HyCoCompressor(compressor=compressor, **options)  # a core compressor
-        elif options:
-            if compressor is not None:
+        if isinstance(compressor, HyCoCompressor):
+            if options:
                 raise ValueError(
-                    f"give compressor options ({', '.join(sorted(options))}) to HyCoCompressor(...) "
-                    "or to HyCoRetriever, not both"
+                    f"give compressor options ({', '.join(sorted(options))}) to HyCoCompressor(...) or to HyCoRetriever, not both"
                 )
+            return values
+        if isinstance(compressor, BaseDocumentCompressor):
+            raise TypeError(
+                f"compressor must be a langchain_hyco.HyCoCompressor, got {type(compressor).__name__}; "
+                "use langchain_classic's ContextualCompressionRetriever for other compressors"
+            )
+        options.setdefault("drop_empty", False)  # k documents in, k documents out
+        if compressor is not None:
+            options["compressor"] = compressor  # a core compressor
+        if options != {"drop_empty": False} or compressor is not None:
             values["compressor"] = HyCoCompressor(**options)
         return values
 

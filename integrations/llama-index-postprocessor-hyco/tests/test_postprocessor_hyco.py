@@ -7,12 +7,12 @@ import math
 from typing import Any
 
 import pytest
-from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import ImageNode, MetadataMode, Node, NodeWithScore, QueryBundle, TextNode
-from llama_index.postprocessor.hyco import HyCoNodePostprocessor
 from pydantic import ValidationError
 
 from hyco_rag.compression.testing import record_acompress, sync_path_forbidden
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import ImageNode, MetadataMode, Node, NodeWithScore, QueryBundle, TextNode
+from llama_index.postprocessor.hyco import HyCoNodePostprocessor
 
 QUERY = "Which team won Super Bowl 50 and what was the final score?"
 
@@ -34,9 +34,7 @@ def test_is_a_node_postprocessor_with_native_async() -> None:
 
 def test_one_node_per_input_keeping_id_score_relationships_and_metadata(hyco_core: Any, retrieved: list[NodeWithScore]) -> None:
     originals = [n.model_copy(deep=True) for n in retrieved]
-    output = HyCoNodePostprocessor(compressor=hyco_core, rate=0.5, drop_empty=False).postprocess_nodes(
-        retrieved, query_str=QUERY
-    )
+    output = HyCoNodePostprocessor(compressor=hyco_core, rate=0.5, drop_empty=False).postprocess_nodes(retrieved, query_str=QUERY)
     assert [n.node.id_ for n in output] == [n.node.id_ for n in retrieved]
     assert [n.score for n in output] == [n.score for n in retrieved]
     for out, original in zip(output, retrieved):
@@ -84,7 +82,9 @@ def test_reorder_and_drop_empty(hyco_core: Any, retrieved: list[NodeWithScore]) 
     relevance = [n.node.metadata["hyco"]["relevance"] for n in ranked]
     assert relevance == sorted(relevance, reverse=True)
     assert sorted(n.node.id_ for n in ranked) == sorted(n.node.id_ for n in retrieved)
-    ranked_dropping = HyCoNodePostprocessor(compressor=hyco_core, rate=0.5, reorder=True).postprocess_nodes(nodes, query_str=QUERY)
+    ranked_dropping = HyCoNodePostprocessor(compressor=hyco_core, rate=0.5, reorder=True).postprocess_nodes(
+        nodes, query_str=QUERY
+    )
     assert "empty-node" not in [n.node.id_ for n in ranked_dropping]
     assert all(n.node.text.strip() for n in ranked_dropping)
     relevance = [n.node.metadata["hyco"]["relevance"] for n in ranked_dropping]
@@ -163,8 +163,9 @@ def test_errors(hyco_core: Any, retrieved: list[NodeWithScore]) -> None:
     with pytest.raises(TypeError, match=r"nodes\[1\] is a TextNode"):
         postprocessor.postprocess_nodes([retrieved[0], retrieved[1].node], query_str=QUERY)  # type: ignore[list-item]
     # an empty query string is allowed: query-agnostic compression, one node per input still
-    assert len(HyCoNodePostprocessor(compressor=hyco_core, drop_empty=False).postprocess_nodes(
-        retrieved, query_bundle=QueryBundle(""))) == len(retrieved)
+    assert len(
+        HyCoNodePostprocessor(compressor=hyco_core, drop_empty=False).postprocess_nodes(retrieved, query_bundle=QueryBundle(""))
+    ) == len(retrieved)
     assert postprocessor.postprocess_nodes([], query_str=QUERY) == []
     for options in ({"rate": 0}, {"rate": math.nan}, {"target_tokens": -1}, {"threshold": -0.1}, {"rate": 0.5, "threshold": 0.5}):
         with pytest.raises(ValidationError):

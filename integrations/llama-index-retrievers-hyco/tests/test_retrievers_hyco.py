@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
+from hyco_rag.compression.testing import record_acompress, sync_path_forbidden
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.postprocessor.hyco import HyCoNodePostprocessor
 from llama_index.retrievers.hyco import HyCoRetriever
-
-from hyco_rag.compression.testing import record_acompress, sync_path_forbidden
 
 QUERY = "Where was Nikola Tesla born?"
 
@@ -73,3 +73,15 @@ def test_bad_arguments(hyco_core: Any, index: Any) -> None:
         HyCoRetriever(base, object())  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         HyCoRetriever(base, rate=2.0)
+
+
+def test_every_retrieved_node_comes_back_by_default(hyco_core: Any, index: Any) -> None:
+    """similarity_top_k=4 gives 4 nodes even when the budget empties some (ids, scores kept)."""
+    base = index.as_retriever(similarity_top_k=4)
+    retrieved = base.retrieve(QUERY)
+    output = HyCoRetriever(base, compressor=hyco_core, target_tokens=15).retrieve(QUERY)
+    assert [(n.node.id_, n.score) for n in output] == [(n.node.id_, n.score) for n in retrieved]
+    assert any(n.node.metadata["hyco"]["dropped"] for n in output)
+    assert all(n.node.metadata["hyco"]["dropped"] == (not n.node.text.strip()) for n in output)
+    dropping = HyCoRetriever(base, compressor=hyco_core, target_tokens=15, drop_empty=True).retrieve(QUERY)
+    assert [n.node.id_ for n in dropping] == [n.node.id_ for n in output if n.node.text.strip()]

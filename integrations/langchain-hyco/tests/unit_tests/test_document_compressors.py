@@ -14,9 +14,8 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_text_splitters import CharacterTextSplitter
 from pydantic import ValidationError
 
-from langchain_hyco import HyCoCompressor
-
 from hyco_rag.compression.testing import record_acompress, sync_path_forbidden
+from langchain_hyco import HyCoCompressor
 
 QUERY = "Which team won Super Bowl 50 and what was the final score?"
 
@@ -48,7 +47,9 @@ def _tokens(docs: list[Document], field: str) -> int:
 # -- construction ---------------------------------------------------------------------------
 
 
-def test_model_is_built_lazily_once_on_the_auto_device(monkeypatch: pytest.MonkeyPatch, hyco_core: Any, documents: list[Document]) -> None:
+def test_model_is_built_lazily_once_on_the_auto_device(
+    monkeypatch: pytest.MonkeyPatch, hyco_core: Any, documents: list[Document]
+) -> None:
     import hyco_rag.compression
 
     calls: list[tuple[Any, Any]] = []
@@ -100,9 +101,12 @@ def test_prebuilt_core_is_used_as_is(hyco_core: Any) -> None:
         ({"rate": 1.5}, "less than or equal to 1"),
         ({"rate": math.nan}, "finite"),
         ({"rate": math.inf}, "finite"),
-        ({"target_tokens": -3}, "greater than or equal to 0"),
+        ({"target_tokens": -3}, "greater than or equal to 1"),
+        ({"target_tokens": 0}, "greater than or equal to 1"),
         ({"target_tokens": 2.5}, "integer"),
-        ({"target_tokens": True}, "integer"),
+        ({"target_tokens": True}, "not a boolean"),
+        ({"rate": True}, "not a boolean"),
+        ({"threshold": False}, "not a boolean"),
         ({"threshold": math.nan}, "finite"),
         ({"threshold": 1.5}, "less than or equal to 1"),
         ({"min_tokens_per_passage": -1}, "greater than or equal to 0"),
@@ -188,7 +192,9 @@ def test_existing_stats_key_is_replaced_in_the_copy_only(hyco_core: Any, documen
     doc = documents[0].model_copy(update={"metadata": {**documents[0].metadata, "hyco": "old"}})
     (out,) = HyCoCompressor(compressor=hyco_core, rate=0.5, metadata_key="hyco").compress_documents([doc], QUERY)
     assert isinstance(out.metadata["hyco"], dict) and doc.metadata["hyco"] == "old"
-    (custom,) = HyCoCompressor(compressor=hyco_core, rate=0.5, metadata_key="compression").compress_documents([documents[0]], QUERY)
+    (custom,) = HyCoCompressor(compressor=hyco_core, rate=0.5, metadata_key="compression").compress_documents(
+        [documents[0]], QUERY
+    )
     assert "compression" in custom.metadata and "hyco" not in custom.metadata
 
 

@@ -11,9 +11,8 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
-from langchain_hyco import HyCoCompressor, HyCoRetriever
-
 from hyco_rag.compression.testing import sync_path_forbidden
+from langchain_hyco import HyCoCompressor, HyCoRetriever
 
 QUERY = "Where was Nikola Tesla born?"
 
@@ -111,9 +110,7 @@ def test_output_is_compressed_and_keeps_ids_and_metadata(hyco_core: Any, vector_
 
 
 async def test_ainvoke_is_native_and_matches_invoke(monkeypatch: pytest.MonkeyPatch, hyco_core: Any, vector_store: Any) -> None:
-    retriever = HyCoRetriever(
-        base_retriever=vector_store.as_retriever(), compressor=hyco_core, rate=0.5, k=3, drop_empty=False
-    )
+    retriever = HyCoRetriever(base_retriever=vector_store.as_retriever(), compressor=hyco_core, rate=0.5, k=3, drop_empty=False)
     expected = retriever.invoke(QUERY)
 
     monkeypatch.setattr(HyCoCompressor, "compress_documents", sync_path_forbidden)
@@ -158,10 +155,29 @@ def test_in_an_lcel_chain(hyco_core: Any, vector_store: Any) -> None:
 
 def test_drop_empty_leaves_out_exactly_what_compressed_to_nothing(hyco_core: Any, vector_store: Any) -> None:
     base = vector_store.as_retriever()
-    kept_all = HyCoRetriever(base_retriever=base, compressor=hyco_core, target_tokens=30, drop_empty=False, k=5)
-    dropping = HyCoRetriever(base_retriever=base, compressor=hyco_core, target_tokens=30, k=5)
+    kept_all = HyCoRetriever(base_retriever=base, compressor=hyco_core, target_tokens=30, k=5)  # default: keep
+    dropping = HyCoRetriever(base_retriever=base, compressor=hyco_core, target_tokens=30, drop_empty=True, k=5)
     everything = kept_all.invoke(QUERY)
-    assert len(everything) == 5
+    assert len(everything) == 5  # k=5 returns 5 documents, although the budget empties some
+    assert all(d.metadata["hyco"]["dropped"] == (not d.page_content.strip()) for d in everything)
     survivors = [d.id for d in everything if d.page_content.strip()]
     assert 0 < len(survivors) < 5  # one budget of 30 tokens cannot cover five passages
     assert [d.id for d in dropping.invoke(QUERY)] == survivors
+
+
+def test_k_means_documents_returned_and_sources_are_kept(hyco_core: Any, vector_store: Any) -> None:
+    """k=4 gives 4 documents (ids, metadata, order kept) even when the budget empties some."""
+    base = vector_store.as_retriever()
+    plain = base.invoke(QUERY, k=4)
+    for retriever in (
+        HyCoRetriever(base_retriever=base, compressor=hyco_core, target_tokens=20, k=4),
+        HyCoRetriever(
+            base_retriever=base, compressor=HyCoCompressor(compressor=hyco_core, target_tokens=20, drop_empty=False), k=4
+        ),
+    ):
+        out = retriever.invoke(QUERY)
+        assert [d.id for d in out] == [d.id for d in plain]
+        assert any(d.metadata["hyco"]["dropped"] for d in out)  # 20 tokens cannot cover four passages
+        for doc, original in zip(out, plain):
+            assert {k: v for k, v in doc.metadata.items() if k != "hyco"} == original.metadata
+    assert HyCoRetriever(base_retriever=base, compressor=hyco_core, rate=0.5).compressor.drop_empty is False

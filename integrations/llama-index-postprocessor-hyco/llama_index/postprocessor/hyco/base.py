@@ -18,12 +18,16 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from hyco_rag.compression.adapters import (
+    LazyCompressor,
+    check_adapter_options,
+    compress_options,
+    reject_boolean,
+)
+from hyco_rag.metadata import copy_metadata
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, ImageNode, Node, NodeWithScore, QueryBundle, TextNode
-
-from hyco_rag.compression.adapters import LazyCompressor, check_adapter_options, compress_options
-from hyco_rag.metadata import copy_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +101,9 @@ class HyCoNodePostprocessor(BaseNodePostprocessor):
         default=None, description="Folder saved by the core HyCoCompressor; None: the shipped weights."
     )
     device: str | None = Field(default=None, description="Torch device; None: auto-detected.")
-    compressor: Any = Field(
-        default=None, exclude=True, description="An already-built hyco_rag.compression.HyCoCompressor."
-    )
+    compressor: Any = Field(default=None, exclude=True, description="An already-built hyco_rag.compression.HyCoCompressor.")
     rate: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False, description="Fraction of tokens kept.")
-    target_tokens: int | None = Field(
-        default=None, ge=0, strict=True, description="One token budget across all nodes of a call."
-    )
+    target_tokens: int | None = Field(default=None, ge=1, strict=True, description="One token budget across all nodes of a call.")
     threshold: float | None = Field(
         default=None, ge=0, le=1, allow_inf_nan=False, description="Keep words whose keep score reaches this."
     )
@@ -117,6 +117,11 @@ class HyCoNodePostprocessor(BaseNodePostprocessor):
     metadata_key: str = Field(default="hyco", min_length=1, description="Metadata key of the per-node stats.")
 
     _loader: LazyCompressor = PrivateAttr(default_factory=LazyCompressor)
+
+    @field_validator("rate", "threshold", "target_tokens", mode="before")
+    @classmethod
+    def _no_boolean_budget(cls, value: Any, info: Any) -> Any:
+        return reject_boolean(value, info.field_name)
 
     @model_validator(mode="after")
     def _check_options(self) -> HyCoNodePostprocessor:
@@ -134,9 +139,7 @@ class HyCoNodePostprocessor(BaseNodePostprocessor):
 
     # -- the work, shared by the sync and async paths ---------------------------------------
     @staticmethod
-    def _prepare(
-        nodes: Sequence[NodeWithScore], query_bundle: QueryBundle | None
-    ) -> tuple[str, list[int], list[str]]:
+    def _prepare(nodes: Sequence[NodeWithScore], query_bundle: QueryBundle | None) -> tuple[str, list[int], list[str]]:
         if query_bundle is None:
             raise ValueError("HyCoNodePostprocessor compresses for a query: pass query_bundle or query_str")
         if isinstance(nodes, (NodeWithScore, BaseNode)):
@@ -178,9 +181,7 @@ class HyCoNodePostprocessor(BaseNodePostprocessor):
                 output.append(compressed[position])  # type: ignore[arg-type]
         return output
 
-    def _postprocess_nodes(
-        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
-    ) -> list[NodeWithScore]:
+    def _postprocess_nodes(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None) -> list[NodeWithScore]:
         query, positions, texts = self._prepare(nodes, query_bundle)
         if not texts:
             return list(nodes)

@@ -32,8 +32,12 @@ class HyCoRetriever(BaseRetriever):
         ```
 
     Args:
-        retriever: the LlamaIndex retriever to wrap (its own ``similarity_top_k`` decides how
-            many nodes come back, before any is dropped for compressing to nothing).
+        retriever: the LlamaIndex retriever to wrap. Its own ``similarity_top_k`` decides how
+            many nodes come back, and all of them are returned: a node whose text compresses to
+            nothing keeps its id, score and metadata, with empty text and
+            ``metadata["hyco"]["dropped"] = True`` (so this retriever defaults to
+            ``drop_empty=False``; pass ``drop_empty=True`` to leave such nodes out, which is
+            LangChain ``EmbeddingsFilter``'s "at most k" convention).
         postprocessor: a ready `HyCoNodePostprocessor` (to share one loaded model); or give
             its options (``rate``, ``target_tokens``, ``compressor``, ...) as keywords.
         callback_manager: LlamaIndex callbacks; the wrapped retriever's when not given.
@@ -51,13 +55,15 @@ class HyCoRetriever(BaseRetriever):
             raise TypeError(f"retriever must be a LlamaIndex BaseRetriever, got {type(retriever).__name__}")
         if postprocessor is not None and options:
             raise ValueError(
-                f"give the options ({', '.join(sorted(options))}) to HyCoNodePostprocessor(...) "
-                "or to HyCoRetriever, not both"
+                f"give the options ({', '.join(sorted(options))}) to HyCoNodePostprocessor(...) or to HyCoRetriever, not both"
             )
         if postprocessor is not None and not isinstance(postprocessor, HyCoNodePostprocessor):
             raise TypeError(f"postprocessor must be a HyCoNodePostprocessor, got {type(postprocessor).__name__}")
         self._retriever = retriever
-        self._postprocessor = postprocessor if postprocessor is not None else HyCoNodePostprocessor(**options)
+        if postprocessor is None:
+            options.setdefault("drop_empty", False)  # similarity_top_k nodes in, as many out
+            postprocessor = HyCoNodePostprocessor(**options)
+        self._postprocessor = postprocessor
         super().__init__(callback_manager=callback_manager or retriever.callback_manager)
 
     @property
