@@ -6,8 +6,15 @@ import os
 
 import pytest
 
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton reads TRITON_INTERPRET when it is first imported, and some test modules collected before
+# tests/kernels import it (through transformers): without a GPU the kernels only run under the
+# interpreter, so switch it on before anything else is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
