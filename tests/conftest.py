@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
