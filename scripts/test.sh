@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh dev
 venv=${HYCO_RAG_VENV:-.venv}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false NO_MKDOCS_2_WARNING=1
+# Without a GPU the Triton kernels run under Triton's interpreter, which @triton.jit reads when a
+# kernel or helper is decorated: set it for the whole process, before anything imports triton.
+if ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
+    export TRITON_INTERPRET="${TRITON_INTERPRET:-1}"
+fi
 
 "$venv/bin/python" -c "import hyco_rag" # the core imports on its own
 # Lint, format and types first: seconds, and they name the problem before a long test run.
