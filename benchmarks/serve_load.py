@@ -21,6 +21,14 @@ loopback port; async ``httpx`` clients send ``POST /v1/chat/completions`` over r
     python benchmarks/serve_load.py                  # SmolLM2-135M, 1 torch thread, ~10-15 min on 2 cores
     python benchmarks/serve_load.py --quick          # a minute: concurrency 1 and 4, 4 requests, short answers
     python benchmarks/serve_load.py --device cuda --model <8B-shaped folder> --translator random
+    python benchmarks/serve_load.py --target ray --ray-replicas 1,2 --modes rag --shapes rag --skip-cache --skip-overload
+
+``--target ray`` (needs ``hyco-rag[ray]``) also runs the same levels through Ray Serve
+(:mod:`hyco_rag.distributed.serve`: the same app as the ingress, each generator replica an
+engine like the single-process one) with 1 and 2 generator replicas on a local Ray bounded to
+``--ray-cpus``, in the same run; rows carry ``target`` (``single``, ``ray-1``, ``ray-2``) and
+``vs_single`` (tokens/s over the single-process row).  Target: ``ray-1`` within 15% of
+``single`` (``ray_targets``).
 
 Writes ``benchmarks/results/serve_load-<UTC timestamp>.json`` (atomically) and prints a table.
 """
@@ -354,6 +362,9 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
     parser.add_argument(
         "--gpu-8b-shape", action="store_true", help="serve a random-weights Llama-3-8B-shaped model in bf16 on CUDA"
     )
+    parser.add_argument("--target", default="single", choices=("single", "ray"), help="also measure Ray Serve replicas")
+    parser.add_argument("--ray-replicas", default="1,2", help="generator replica counts for --target ray")
+    parser.add_argument("--ray-cpus", type=float, default=None, help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--quick", action="store_true", help="concurrency 1,4; 4 requests; 16/8 tokens; small overload check")
     parser.add_argument("--skip-overload", action="store_true", help="no overload check")
     parser.add_argument("--skip-cache", action="store_true", help="no delta-cache check")
@@ -427,6 +438,7 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
             return Engine(model, tokenizer, translator, name=name, config=EngineConfig(**settings))
 
         rows: list[dict[str, Any]] = []
+        references: dict[tuple[str, str], dict[int, str]] = {}
         # ---------------------------------------------------------------- throughput
         served = new_engine()
         try:
@@ -438,7 +450,7 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
                     for workload in workloads:
                         tokens = workload.shape.max_tokens
                         bodies = [chat_body(r, mode, tokens) for r in workload.requests]
-                        reference: dict[int, str] = {}
+                        reference = references.setdefault((workload.shape.name, mode), {})
                         baseline = baseline_cpu = None
                         for level in levels:
                             if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
@@ -465,6 +477,8 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
                                 baseline, baseline_cpu = row["tokens/s"], row["tokens/cpu_s"]
                             row["ratio"] = row["tokens/s"] / baseline if baseline else None
                             row["cpu_ratio"] = row["tokens/cpu_s"] / baseline_cpu if baseline_cpu else None
+                            if args.target == "ray":
+                                row["target"] = "single"
                             rows.append(row)
                             logger.info(
                                 "%s/%s c=%d: %d req, %.1f tok/s (x%.2f; per CPU-s x%.2f), mean batch %.1f, %d/%d mismatches",
@@ -481,6 +495,10 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
                             )
         finally:
             served.close()
+        # ---------------------------------------------------------------- Ray Serve
+        ray_report = None
+        if args.target == "ray":
+            ray_report = ray_levels(args, name, modes, workloads, levels, per_level, references, rows)
 
         # ---------------------------------------------------------------- delta cache
         cache_report = None if args.skip_cache else delta_cache_check(new_engine, workloads, args)
@@ -531,12 +549,16 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
         "delta_cache": cache_report,
         "overload": overload_report,
     }
+    if ray_report is not None:
+        payload["ray"] = ray_report
+        payload["ray_targets"] = ray_report["targets"]
     stem = f"serve_load-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
     out = Path(args.out) if args.out else RESULTS_DIR / stem
     if out.suffix != ".json":
         out = out / stem
     write_json_atomic(out, payload)
     columns = [
+        *(["target"] if args.target == "ray" else []),
         "shape",
         "mode",
         "concurrency",
@@ -552,8 +574,14 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
         "mean_batch",
         "checked",
         "mismatches",
+        *(["vs_single"] if args.target == "ray" else []),
     ]
     print(format_table(rows, columns))
+    for target in payload.get("ray_targets", []):
+        print(
+            f"ray target {target['shape']}/{target['mode']} at {target['concurrency']}: 1 replica x{target['vs_single']:.2f} "
+            f"of single-process (>= x{target['least']:g}) {'met' if target['met'] else 'MISSED'}"
+        )
     for item in skipped:
         print(f"skipped {item['shape']}/{item['mode']} at {item['concurrency']}: {item['reason']}")
     for target in targets:
@@ -574,6 +602,168 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
         f"wrote {out} ({payload['seconds']:.0f} s, load average {load_before} -> {payload['environment']['load_average_after']})"
     )
     return 0
+
+
+def metrics_steps(base_url: str) -> tuple[int, int]:
+    """(decode steps with rows, rows decoded) from ``/metrics`` (the batch-size histogram)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base_url + "/metrics", timeout=30).text
+    values = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    return int(values.get("hyco_rag_batch_size_count", 0)), int(values.get("hyco_rag_batch_size_sum", 0))
+
+
+#: Least share of the single-process throughput Ray Serve with one replica keeps (issue 15).
+RAY_LEAST_RATIO = 0.85
+
+
+def ray_levels(
+    args: argparse.Namespace,
+    name: str,
+    modes: list[str],
+    workloads: list[Workload],
+    levels: list[int],
+    per_level: dict[int, int],
+    references: dict[tuple[str, str], dict[int, str]],
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The same levels through Ray Serve with each replica count of ``--ray-replicas``."""
+    import ray
+    from ray import serve
+
+    from hyco_rag.distributed import RayServeConfig
+    from hyco_rag.distributed.serve import run_local
+
+    counts = [int(c) for c in args.ray_replicas.split(",") if c.strip()]
+    if not counts or min(counts) < 1:
+        raise ValueError("--ray-replicas values must be >= 1")
+    cpus = args.ray_cpus or float(os.cpu_count() or 1)
+    started = time.perf_counter()
+    report: dict[str, Any] = {"replicas": counts, "ray_cpus": cpus, "startup_s": {}, "targets": []}
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {"OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        },
+    )
+    try:
+        for count in counts:
+            import socket
+
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            share = min(1.0, (cpus - 0.5) / count)  # leave room for the ingress and compressor
+            config = RayServeConfig.from_dict(
+                {
+                    "engine": {
+                        "factory": "hyco_rag.distributed.testing:benchmark_engine",
+                        "factory_kwargs": {
+                            "model": args.model,
+                            "translator": args.translator,
+                            "device": args.device,
+                            "threads": args.threads,
+                            "max_batch_size": args.max_batch_size,
+                            "max_queue": 64,
+                            "timeout_s": args.request_timeout,
+                            "delta_cache_size": 0,
+                        },
+                    },
+                    "compressor": None,
+                    "generator_deployment": {
+                        "num_replicas": count,
+                        "num_cpus": share,
+                        "max_ongoing_requests": 64 + args.max_batch_size,
+                    },
+                    "ingress_deployment": {"num_cpus": 0.25},
+                    "server": {"max_tokens_limit": max(args.decode_tokens, args.rag_tokens)},
+                    "request_timeout_s": args.request_timeout + 60,
+                }
+            )
+            begin = time.perf_counter()
+            run_local(config, port=port)
+            report["startup_s"][str(count)] = time.perf_counter() - begin
+            base_url = f"http://127.0.0.1:{port}"
+            target = f"ray-{count}"
+            try:
+                warm = chat_body({"question": "Hi", "documents": ["Warm-up passage."]}, "combine", 2)
+                asyncio.run(run_level(base_url, [warm] * (2 * count), 2 * count, args.request_timeout))
+                for mode in modes:
+                    for workload in workloads:
+                        bodies = [chat_body(r, mode, workload.shape.max_tokens) for r in workload.requests]
+                        reference = references.get((workload.shape.name, mode), {})
+                        baseline = None
+                        for level in levels:
+                            single = next(
+                                (
+                                    r
+                                    for r in rows
+                                    if (r.get("target"), r["shape"], r["mode"], r["concurrency"])
+                                    == ("single", workload.shape.name, mode, level)
+                                ),
+                                None,
+                            )
+                            if single is None:
+                                continue  # skipped for the single-process server too
+                            before = metrics_steps(base_url)
+                            cpu_start = time.process_time()
+                            results, wall = asyncio.run(
+                                run_level(base_url, bodies[: per_level[level]], level, args.request_timeout)
+                            )
+                            cpu = time.process_time() - cpu_start
+                            after = metrics_steps(base_url)
+                            row = level_row(
+                                workload.shape.name,
+                                mode,
+                                level,
+                                results,
+                                wall,
+                                cpu,
+                                (after[0] - before[0], after[1] - before[1]),
+                                reference,
+                            )
+                            if level == 1:
+                                baseline = row["tokens/s"]
+                            row["ratio"] = row["tokens/s"] / baseline if baseline else None
+                            row["cpu_ratio"] = None  # the driver's CPU time does not include the replicas'
+                            row["target"] = target
+                            row["vs_single"] = row["tokens/s"] / single["tokens/s"] if single["tokens/s"] else None
+                            rows.append(row)
+                            logger.info(
+                                "%s %s/%s c=%d: %.1f tok/s (x%.2f of single), p50 %.1fs p99 %.1fs, %d/%d mismatches",
+                                target,
+                                row["shape"],
+                                mode,
+                                level,
+                                row["tokens/s"],
+                                row["vs_single"] or 0,
+                                row["p50_s"] or 0,
+                                row["p99_s"] or 0,
+                                row["mismatches"],
+                                row["checked"],
+                            )
+                            if count == 1:
+                                report["targets"].append(
+                                    {
+                                        "shape": workload.shape.name,
+                                        "mode": mode,
+                                        "concurrency": level,
+                                        "least": RAY_LEAST_RATIO,
+                                        "vs_single": row["vs_single"] or 0.0,
+                                        "met": bool(row["vs_single"] and row["vs_single"] >= RAY_LEAST_RATIO),
+                                    }
+                                )
+            finally:
+                serve.shutdown()
+    finally:
+        ray.shutdown()
+    report["seconds"] = time.perf_counter() - started
+    return report
 
 
 def delta_cache_check(new_engine: Any, workloads: list[Workload], args: argparse.Namespace) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """`hyco-rag compress`: compress the documents of each JSONL line for its query.
 
 Input lines: ``{"query": str, "documents": [str, ...]}`` (an ``"id"`` is echoed back).
+``--ray`` runs the same compression on Ray Data actors (``docs/scaling.md``); with
+``--no-timings`` both write the same bytes.
 Output lines: ``{"documents": [str, ...], "stats": {...}}``, one per input line, in input
 order, each document compressed in place (a passage that falls to nothing becomes ``""``, so
 positions still line up). The output file is written atomically: a failed run leaves no
@@ -54,22 +56,39 @@ def write_jsonl_atomic(path: str | Path, records: list[dict[str, Any]]) -> Path:
     """One JSON object per line, written atomically: the output is complete or absent."""
     from hyco_rag.results import write_text_atomic
 
-    return write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    return write_text_atomic(path, "".join(encode_line(record) for record in records))
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm.auto import tqdm
+def compress_records(
+    compressor: Any, records: list[dict[str, Any]], options: dict[str, Any], *, timings: bool = True
+) -> list[dict[str, Any]]:
+    """Output lines of one batch of input records (what both the plain and the Ray path write).
 
-    from hyco_rag.compression import HyCoCompressor
+    ``timings=False`` leaves out ``stats.seconds``, the only field that is not a function of
+    the input, so two runs (plain or ``--ray``) write the same bytes.
+    """
+    results = compressor.compress_batch([r["query"] for r in records], [r["documents"] for r in records], **options)
+    lines = []
+    for record, result in zip(records, results):
+        # Input order, one entry per input document: "" where a passage was dropped.
+        texts = [""] * len(record["documents"])
+        for passage in result.passages:
+            texts[passage.index] = "" if passage.dropped else passage.text
+        stats = result.stats if timings else {k: v for k, v in result.stats.items() if k != "seconds"}
+        line = {"documents": texts, "stats": stats}
+        if "id" in record:
+            line = {"id": record["id"], **line}
+        lines.append(line)
+    return lines
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    requests = read_requests(args.input)
+
+def encode_line(record: dict[str, Any]) -> str:
+    """One output line, newline included (the byte format of the output file)."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def compress_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The budget and counting options of ``compress_batch``, validated before any model loads."""
     budget = {"rate": args.rate, "target_tokens": args.target_tokens, "threshold": args.threshold}
     options: dict[str, Any] = {k: v for k, v in budget.items() if v is not None}
     if args.target_tokenizer:
@@ -80,23 +99,10 @@ def run(args: argparse.Namespace) -> int:
     from hyco_rag.compression.budget import resolve_budget
 
     resolve_budget(args.rate, args.target_tokens, args.threshold, 0.5)
-    compressor = HyCoCompressor.from_pretrained(args.model, device=args.device)
-    outputs: list[dict[str, Any]] = []
-    with tqdm(total=len(requests), desc="compressing", unit="line", disable=args.no_progress) as progress:
-        for start in range(0, len(requests), args.batch_size):
-            block = requests[start : start + args.batch_size]
-            results = compressor.compress_batch([r["query"] for r in block], [r["documents"] for r in block], **options)
-            for record, result in zip(block, results):
-                # Input order, one entry per input document: "" where a passage was dropped.
-                texts = [""] * len(record["documents"])
-                for passage in result.passages:
-                    texts[passage.index] = "" if passage.dropped else passage.text
-                line = {"documents": texts, "stats": result.stats}
-                if "id" in record:
-                    line = {"id": record["id"], **line}
-                outputs.append(line)
-            progress.update(len(block))
-    write_jsonl_atomic(args.output, outputs)
+    return options
+
+
+def report(outputs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     emptied = sum(1 for o in outputs if "warning" in o["stats"])
     if emptied:
         logger.warning(
@@ -109,6 +115,35 @@ def run(args: argparse.Namespace) -> int:
     total_in = sum(o["stats"]["original_tokens"] for o in outputs)
     total_out = sum(o["stats"]["compressed_tokens"] for o in outputs)
     logger.info("wrote %d lines to %s (%d -> %d tokens)", len(outputs), args.output, total_in, total_out)
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", False):
+        from hyco_rag.distributed.data import run_ray
+
+        return run_ray(args)
+    import torch
+    from tqdm.auto import tqdm
+
+    from hyco_rag.compression import HyCoCompressor
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    requests = read_requests(args.input)
+    options = compress_options(args)
+    compressor = HyCoCompressor.from_pretrained(args.model, device=args.device)
+    outputs: list[dict[str, Any]] = []
+    with tqdm(total=len(requests), desc="compressing", unit="line", disable=args.no_progress) as progress:
+        for start in range(0, len(requests), args.batch_size):
+            block = requests[start : start + args.batch_size]
+            outputs.extend(compress_records(compressor, block, options, timings=not getattr(args, "no_timings", False)))
+            progress.update(len(block))
+    write_jsonl_atomic(args.output, outputs)
+    report(outputs, args)
     return 0
 
 
@@ -132,4 +167,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-timings", action="store_true", help="leave out stats.seconds (wall time), so reruns write identical bytes"
+    )
+    ray = parser.add_argument_group("Ray Data (pip install 'hyco-rag[ray]'; docs/scaling.md)")
+    ray.add_argument("--ray", action="store_true", help="compress with Ray Data: map_batches over compressor actors")
+    ray.add_argument("--ray-address", default=None, help="attach to this Ray cluster (default: a local Ray on loopback)")
+    ray.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray instance (default: all)")
+    ray.add_argument("--actors", type=int, default=1, help="compressor actors (each loads the model once)")
+    ray.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs reserved per compressor actor")
+    ray.add_argument("--actor-gpus", type=float, default=0.0, help="GPUs reserved per compressor actor")
+    ray.add_argument(
+        "--block-lines", type=int, default=256, help="input lines per block (the unit of resumption; a multiple of --batch-size)"
+    )
+    ray.add_argument("--max-blocks", type=int, default=None, help="stop after this many new blocks (exit 3); a rerun continues")
+    ray.add_argument(
+        "--work-dir", default=None, help="where finished blocks are kept until the output is written (default: OUTPUT.blocks)"
+    )
     parser.set_defaults(handler=run)

@@ -13,6 +13,10 @@ Routes: ``POST /v1/chat/completions`` (streaming or not), ``POST /v1/compress``,
 default; ``--api-key`` or the ``HYCO_RAG_API_KEY`` environment variable makes every route but
 ``/health`` require ``Authorization: Bearer <key>``.  Needs the ``server`` extra
 (``pip install 'hyco-rag[server]'``).
+
+``--ray`` serves the same app through Ray Serve, with ``--replicas`` generator (engine)
+replicas and a compressor deployment, on a local Ray instance bounded to ``--num-cpus`` or on
+the cluster at ``--ray-address`` (the ``ray`` extra; ``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -87,11 +91,95 @@ def build_app(args: argparse.Namespace, engine: Engine | None = None) -> tuple[A
     return app, engine
 
 
+def ray_config(args: argparse.Namespace) -> Any:
+    """The :class:`~hyco_rag.distributed.RayServeConfig` of parsed ``serve --ray`` arguments."""
+    from hyco_rag.distributed.config import (
+        CompressorSpec,
+        DeploymentOptions,
+        EngineSpec,
+        RayServeConfig,
+        ServerOptions,
+    )
+
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.max_replicas is not None and args.max_replicas < args.replicas:
+        raise ValueError(f"--max-replicas ({args.max_replicas}) must be >= --replicas ({args.replicas})")
+    if args.compressor_replicas < 0:
+        raise ValueError(f"--compressor-replicas must be >= 0, got {args.compressor_replicas}")
+    autoscaling = None
+    if args.max_replicas is not None:
+        # Ray Serve scales on ongoing requests per replica: a full batch is the target, so the
+        # engine's own queue absorbs bursts while new replicas start.
+        autoscaling = {
+            "min_replicas": args.replicas,
+            "max_replicas": args.max_replicas,
+            "target_ongoing_requests": args.max_batch_size,
+        }
+    return RayServeConfig(
+        engine=EngineSpec(
+            model=args.model,
+            translator=args.translator,
+            device=args.device,
+            max_batch_size=args.max_batch_size,
+            max_queue=args.max_queue,
+            timeout_s=args.timeout if args.timeout > 0 else None,
+            delta_cache_size=args.delta_cache_size,
+            threads=args.threads,
+        ),
+        compressor=CompressorSpec(target_tokenizer=args.model, threads=args.threads) if args.compressor_replicas else None,
+        generator_deployment=DeploymentOptions(
+            num_replicas=args.replicas,
+            autoscaling_config=autoscaling,
+            num_cpus=args.replica_cpus,
+            num_gpus=args.replica_gpus,
+            max_ongoing_requests=args.max_batch_size + args.max_queue,
+        ),
+        compressor_deployment=DeploymentOptions(num_replicas=max(args.compressor_replicas, 1), num_cpus=args.compressor_cpus),
+        server=ServerOptions(
+            default_mode=args.mode,
+            api_key=api_key_from(args),
+            max_body_bytes=args.max_body_bytes,
+            max_tokens_limit=args.max_tokens_limit,
+            default_max_tokens=args.default_max_tokens,
+        ),
+    )
+
+
+def run_ray(args: argparse.Namespace) -> int:
+    """``serve --ray``: deploy on Ray Serve and serve until Ctrl-C."""
+    from hyco_rag.distributed.serve import require_ray, run_local
+
+    config = ray_config(args)  # bad options fail before Ray starts
+    if args.num_cpus is not None and args.num_cpus <= 0:
+        raise ValueError(f"--num-cpus must be > 0, got {args.num_cpus}")
+    require_ray()
+    if args.host not in LOOPBACK and config.server.api_key is None:
+        logger.warning(
+            "serving on %s without an API key: anyone who can reach this port can use it (set %s)", args.host, API_KEY_ENV
+        )
+    where = args.ray_address or f"a local Ray instance ({args.num_cpus or 'all'} CPUs, loopback)"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    logger.warning(
+        "hyco-rag serve --ray: %d generator replica(s) on %s at http://%s:%d/v1; Ctrl-C stops",
+        args.replicas,
+        where,
+        host,
+        args.port,
+    )
+    run_local(
+        config, host=args.host, port=args.port, address=args.ray_address, num_cpus=args.num_cpus, num_gpus=None, blocking=True
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.ray:
+        return run_ray(args)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -146,4 +234,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"), help="uvicorn's log level"
     )
     parser.add_argument("--access-log", action="store_true", help="log every request line")
+    ray = parser.add_argument_group("Ray Serve (pip install 'hyco-rag[ray]'; docs/scaling.md)")
+    ray.add_argument("--ray", action="store_true", help="serve through Ray Serve: ingress, generator and compressor deployments")
+    ray.add_argument("--replicas", type=int, default=1, help="generator (engine) replicas; the minimum with --max-replicas")
+    ray.add_argument("--max-replicas", type=int, default=None, help="autoscale generator replicas up to this many")
+    ray.add_argument("--ray-address", default=None, help="attach to this Ray cluster ('auto', 'ray://head:10001')")
+    ray.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray instance (default: all)")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per generator replica")
+    ray.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs reserved per generator replica")
+    ray.add_argument(
+        "--compressor-replicas", type=int, default=1, help="compressor replicas (0: each generator uses its own compressor)"
+    )
+    ray.add_argument("--compressor-cpus", type=float, default=0.5, help="CPUs reserved per compressor replica")
     parser.set_defaults(handler=run)

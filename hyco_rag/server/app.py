@@ -9,6 +9,10 @@ Routes (see ``docs/server.md``)::
     GET  /health                liveness and the engine's state (no API key needed)
     GET  /metrics               Prometheus text
 
+The app is written against :class:`~hyco_rag.server.backend.ServingBackend` (the part of the
+engine it uses), so the same app serves an in-process :class:`~hyco_rag.engine.Engine` and,
+through ``serve.ingress``, Ray Serve deployments (:mod:`hyco_rag.distributed`).
+
 The handlers are thin: parse and bound the body, turn it into chat dicts and passage strings,
 ``await engine.aprepare(...)`` (compression and delta encoding block, so they run off the
 event loop), submit to the engine's worker and await or stream its pieces.  A client that
@@ -42,6 +46,7 @@ from hyco_rag.engine.errors import (
     RequestTimeoutError,
 )
 from hyco_rag.engine.modes import MODE_NAMES, Mode
+from hyco_rag.server.backend import BackendUnavailableError, ServingBackend
 from hyco_rag.server.errors import APIError, error_body, validation_message
 from hyco_rag.server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from hyco_rag.server.schemas import (
@@ -55,7 +60,8 @@ from hyco_rag.server.schemas import (
 )
 
 if TYPE_CHECKING:
-    from hyco_rag.engine import Completion, Engine, PreparedRequest, RequestHandle, SamplingParams
+    from hyco_rag.engine import Completion, SamplingParams
+    from hyco_rag.server.backend import ServedRequest, ServingHandle
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +129,7 @@ class _HTTPMetricsMiddleware:
 
 
 def create_app(
-    engine: Engine,
+    engine: ServingBackend,
     *,
     default_mode: Mode | str = Mode.COMBINE,
     api_key: str | None = None,
@@ -136,7 +142,9 @@ def create_app(
     """The FastAPI app serving ``engine``.
 
     Args:
-        engine: the serving engine (the app does not close it; whoever built it does).
+        engine: the serving engine (the app does not close it; whoever built it does): an
+            :class:`~hyco_rag.engine.Engine`, or anything with its
+            :class:`~hyco_rag.server.backend.ServingBackend` surface (the Ray Serve client).
         default_mode: mode of requests with documents and no ``hyco.mode``.
         api_key: when set, every route but ``/health`` needs ``Authorization: Bearer <key>``
             (compared in constant time).
@@ -239,7 +247,7 @@ class _ServerState:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: ServingBackend,
         default_mode: Mode,
         api_key: str | None,
         max_body_bytes: int,
@@ -346,6 +354,11 @@ class _ServerState:
                 target_tokens=options.target_tokens if options is not None else None,
             )
             handle = self.engine.submit(prepared, sampling, timeout_s=self.timeout_s, loop=asyncio.get_running_loop())
+            started = getattr(handle, "started", None)
+            if body.stream and started is not None:
+                # A remote backend prepares on its replica: its errors must still be a 4xx/5xx
+                # status, not an SSE event after a 200, so wait for the first event here.
+                await started()
         except Exception as error:
             raise _api_error(error) from error
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -385,7 +398,7 @@ class _ServerState:
         return JSONResponse(answer.model_dump())
 
     async def _stream(
-        self, handle: RequestHandle, prepared: PreparedRequest, completion_id: str, created: int, include_usage: bool
+        self, handle: ServingHandle, prepared: ServedRequest, completion_id: str, created: int, include_usage: bool
     ) -> AsyncIterator[str]:
         def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
             payload = {
@@ -538,6 +551,8 @@ def _api_error(error: BaseException) -> APIError:
         return APIError(503, str(error), code="engine_closed")
     if isinstance(error, RequestCancelledError):
         return APIError(503, str(error), code="cancelled")
+    if isinstance(error, BackendUnavailableError):
+        return APIError(503, str(error), code="backend_unavailable", headers={"Retry-After": "1"})
     if isinstance(error, ValueError):
         return APIError(400, str(error))
     logger.error("request failed", exc_info=error)

@@ -13,7 +13,8 @@ code   ``error.type``              when
 413    ``invalid_request_error``   the body is larger than ``--max-body-bytes``
 422    ``invalid_request_error``   the body is not JSON or does not match the schema
 429    ``rate_limit_error``        the engine's waiting queue is full (``Retry-After`` is set)
-503    ``server_error``            the engine is closed or the request timed out
+503    ``server_error``            the engine is closed, the request timed out, or (Ray Serve) the
+                                   replica holding it died (code ``backend_unavailable``)
 =====  ==========================  =============================================================
 """
 

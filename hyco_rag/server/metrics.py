@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from hyco_rag.engine import Engine
+    from hyco_rag.server.backend import ServingBackend
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServerMetrics"]
 
@@ -29,7 +29,7 @@ class ServerMetrics:
     Also an engine listener: pass it to :meth:`Engine.add_listener`.
     """
 
-    def __init__(self, engine: Engine, namespace: str = "hyco_rag") -> None:
+    def __init__(self, engine: ServingBackend, namespace: str = "hyco_rag") -> None:
         self.engine = engine
         self.registry = CollectorRegistry(auto_describe=True)
         r, ns = self.registry, namespace
@@ -78,6 +78,12 @@ class ServerMetrics:
         self.delta_misses = Counter("delta_cache_misses", "Passages encoded and translated", namespace=ns, registry=r)
         self.compress_requests = Counter("compress_requests", "POST /v1/compress requests answered", namespace=ns, registry=r)
         self.compress_tokens = Counter("compress_tokens", "Tokens through /v1/compress", ["kind"], namespace=ns, registry=r)
+        self.backend_retries = Counter(
+            "backend_retries",
+            "Requests sent again to another replica after theirs died (Ray Serve; always 0 in one process)",
+            namespace=ns,
+            registry=r,
+        )
         Gauge("queue_depth", "Requests waiting for a batch slot", namespace=ns, registry=r).set_function(
             lambda: engine.queue_depth
         )
@@ -120,6 +126,10 @@ class ServerMetrics:
             self.delta_hits.inc(hits)
         if misses:
             self.delta_misses.inc(misses)
+
+    def on_backend_retry(self) -> None:
+        """A remote backend resent a request whose replica died (not an engine event)."""
+        self.backend_retries.inc()
 
     # ------------------------------------------------------------------ exposition
 
