@@ -344,7 +344,14 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
         "--requests",
         type=int,
         default=None,
-        help="requests per concurrent level (default: as many as its concurrency, one full wave)",
+        help="requests per concurrent level (default: --waves x its concurrency)",
+    )
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=1,
+        help="closed-loop rounds per level: each client sends this many requests one after another, so the "
+        "ramp-up and the drain (the last, longest answers decoding in a small batch) weigh less",
     )
     parser.add_argument(
         "--baseline-requests",
@@ -384,7 +391,9 @@ def main(argv: Sequence[str] | None = None, *, engine: Any = None) -> int:
     levels = [1, *dict.fromkeys(c for c in given if c != 1)]  # one at a time first, then in the given order
     if min(levels) < 1:
         raise ValueError("--concurrency values must be >= 1")
-    per_level = {level: args.requests or level for level in levels if level > 1}
+    if args.waves < 1:
+        raise ValueError("--waves must be >= 1")
+    per_level = {level: args.requests or args.waves * level for level in levels if level > 1}
     per_level[1] = args.baseline_requests or args.requests or max(levels)  # the same requests as the largest level
     count = max(per_level.values())
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

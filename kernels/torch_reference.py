@@ -16,6 +16,14 @@ Two vectorised strategies, chosen per call from the slot metadata and never loop
   and multiplied with ``bmm``, in chunks that bound the gathered copy, because a Python loop
   over 64 one-row slots would cost more than the maths.
 
+A third layout serves a batch whose rows each carry their own adapter for many steps (the
+serving engine's decode batch on CPU): :func:`gather_row_adapters` gathers every row's adapter
+once per batch composition into ``[B, in, r]`` / ``[B, r, out]`` stacks (scale folded in, zeros
+for rows without a delta), and :func:`add_lora_rows_torch` is then two ``bmm`` per call.  Same
+maths as the slot path; measured on SmolLM2's gate projection at batch 8 and rank 2 on one CPU
+thread, 19 us per call against 600 us for the slot path (whose metadata handling and gathers
+are per call), i.e. about 50 ms per decode step over the model's 90 target linears.
+
 These functions trust their inputs; ``lora_ops.add_lora`` validates before calling them.
 """
 
@@ -141,3 +149,40 @@ def add_lora_torch(
     if meta.no_delta:
         return y
     return lora_expand_torch(y, lora_shrink_torch(x, lora_a, meta), lora_b, meta, scale)
+
+
+def gather_row_adapters(
+    lora_a: torch.Tensor, lora_b: torch.Tensor, row_slots: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each batch row's adapter, laid out for a batched matmul (build once per batch composition).
+
+    Args:
+        lora_a: ``[S, r, in]``; lora_b: ``[S, out, r]``; scale: ``[S]``.
+        row_slots: ``[B]`` slot of each batch row, -1 = no delta.
+
+    Returns:
+        fp32 ``(a_rows [B, in, r], b_rows [B, r, out])``: ``b_rows`` carries the row's scale,
+        and both are zero for rows without a delta.
+    """
+    has = (row_slots >= 0).to(torch.float32)
+    index = row_slots.clamp(min=0).long()
+    a_rows = lora_a.index_select(0, index).float().transpose(1, 2).contiguous()
+    row_scale = scale.float().index_select(0, index) * has
+    b_rows = (lora_b.index_select(0, index).float() * row_scale[:, None, None]).transpose(1, 2).contiguous()
+    return a_rows, b_rows
+
+
+def add_lora_rows_torch(
+    y: torch.Tensor, x: torch.Tensor, a_rows: torch.Tensor, b_rows: torch.Tensor, adapter_dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``y[b, t] += (x[b, t] @ a_rows[b]) @ b_rows[b]`` in place; returns ``y``.
+
+    ``y`` is ``[B, T, out]``, ``x`` ``[B, T, in]``, the adapters from :func:`gather_row_adapters`.
+    The rank-r intermediate is rounded to ``adapter_dtype`` as in the slot path; accumulation
+    is fp32 and ``y`` is rounded once.
+    """
+    h = _round_like(torch.bmm(x.float() if x.dtype != torch.float32 else x, a_rows), adapter_dtype)
+    if y.dtype == torch.float32:
+        return y.baddbmm_(h, b_rows)
+    y.copy_(torch.baddbmm(y.float(), h, b_rows).to(y.dtype))
+    return y

@@ -15,7 +15,7 @@ A :class:`DeltaBatch` is what the hooks consume: per target module a stack of sl
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -144,6 +144,9 @@ class DeltaBatch:
     scale: torch.Tensor
     row_slots: torch.Tensor
     broadcast: bool = False
+    _row_adapters: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.row_slots.dim() != 1 or self.row_slots.dtype not in (torch.int32, torch.int64):
@@ -170,6 +173,24 @@ class DeltaBatch:
     @property
     def has_delta(self) -> bool:
         return bool(self.factors) and bool((self.row_slots >= 0).any())
+
+    def row_adapters(self, name: str, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Module ``name``'s adapter of every one of ``rows`` batch rows, for
+        :func:`~hyco_rag.kernels.add_lora_rows_torch` (gathered on first use, then kept).
+
+        A batch is prepared once per batch composition and hooked in for every step of it, so
+        the gather is paid once and each step's hooked call is two batched matmuls.  The
+        factors must not change after the first call.
+        """
+        key = (name, rows)
+        cached = self._row_adapters.get(key)
+        if cached is None:
+            from hyco_rag.kernels import gather_row_adapters
+
+            slots = self.row_slots.expand(rows) if self.broadcast else self.row_slots
+            a, b = self.factors[name]
+            cached = self._row_adapters[key] = gather_row_adapters(a, b, slots, self.scale)
+        return cached
 
     def validate(self) -> None:
         """Reject NaN/Inf anywhere (factors or scales) before anything touches the model."""

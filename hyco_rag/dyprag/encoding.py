@@ -102,8 +102,9 @@ class PassageEncoder:
 
         Raises:
             ValueError: an empty passage (its index is named).
-            RuntimeError: deltas are applied to the model right now (the embedding must come
-                from the unmodified model, as the translator was trained on).
+            RuntimeError: deltas are applied to the model on this thread right now (the
+                embedding must come from the unmodified model, as the translator was trained on;
+                hooks applied by another thread do not act on this thread's forwards).
         """
         from hyco_rag.dyprag.injection import deltas_active
 
@@ -126,7 +127,7 @@ class PassageEncoder:
             else:
                 todo.setdefault(passage, []).append(i)
         if todo:
-            if deltas_active(self.model):
+            if deltas_active(self.model, on_this_thread=True):
                 raise RuntimeError("passages must be encoded by the unmodified model; deltas are applied right now")
             embeddings = self._encode_uncached(list(todo))
             for (passage, rows), embedding in zip(todo.items(), embeddings):

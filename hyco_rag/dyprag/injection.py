@@ -6,9 +6,11 @@ exception (mid-generation included) the model has no hooks left and bit-identica
 Everything that can be wrong with the deltas (unknown module, wrong shape, rank above the
 kernel limit, NaN/Inf) is checked *before* the first hook is registered.
 
-Hooks are global to a module, so two applications on one model at the same time would leak
-one request's delta into the other's forward.  :meth:`DeltaInjector.apply` therefore refuses
-to nest or overlap on a model; concurrent callers serialise on :func:`model_lock`.
+Hooks are registered on the modules, but each acts only on forwards of the thread that applied
+it: a forward of the same model on another thread sees the unmodified model, or that thread's
+own application (the serving engine encodes and prefills new requests on one thread while its
+decode thread steps the running batch with their deltas).  On one thread, a second application
+while one is active would mix requests, so :meth:`DeltaInjector.apply` refuses to nest.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ logger = logging.getLogger(__name__)
 
 _REGISTRY_LOCK = threading.Lock()
 _MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_ACTIVE: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+#: model -> the threads with an application in effect on it.
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, set[int]] = weakref.WeakKeyDictionary()
+#: Held while hooks are registered or removed: torch hands out hook ids from an unlocked class
+#: counter, so two threads registering at once could get the same id and lose a hook.
+_HOOKS_LOCK = threading.Lock()
 
 
 class DeltasAlreadyAppliedError(RuntimeError):
@@ -46,10 +52,12 @@ def model_lock(model: nn.Module) -> threading.RLock:
         return lock
 
 
-def deltas_active(model: nn.Module) -> bool:
-    """Whether some :meth:`DeltaInjector.apply` is currently in effect on ``model``."""
+def deltas_active(model: nn.Module, *, on_this_thread: bool = False) -> bool:
+    """Whether some :meth:`DeltaInjector.apply` is currently in effect on ``model`` (with
+    ``on_this_thread``: one whose hooks act on the calling thread's forwards)."""
     with _REGISTRY_LOCK:
-        return _ACTIVE.get(model, 0) > 0
+        threads = _ACTIVE.get(model, set())
+        return threading.get_ident() in threads if on_this_thread else bool(threads)
 
 
 def find_target_modules(model: nn.Module, config: DeltaConfig) -> dict[str, nn.Linear]:
@@ -161,7 +169,7 @@ class DeltaInjector:
 
         Raises:
             DeltaValueError: invalid deltas (nothing applied).
-            DeltasAlreadyAppliedError: another application is active on this model.
+            DeltasAlreadyAppliedError: another application is active on this model on this thread.
         """
         with self.apply_prepared(self.prepare(deltas)) as state:
             yield state
@@ -173,22 +181,26 @@ class DeltaInjector:
         The serving engine prepares a batch once per batch composition and hooks it in for
         every forward of that composition; the NaN/shape checks would otherwise run per step.
         """
-        state = StepState(batch)
+        thread = threading.get_ident()
+        state = StepState(batch, thread=thread)
         with _REGISTRY_LOCK:
-            if _ACTIVE.get(self.model, 0) > 0:
+            threads = _ACTIVE.setdefault(self.model, set())
+            if thread in threads:
                 raise DeltasAlreadyAppliedError(
-                    "deltas are already applied to this model: nested or concurrent applications "
-                    "would mix requests; serialise on hyco_rag.dyprag.model_lock(model) or batch the rows"
+                    "deltas are already applied to this model on this thread: a nested application "
+                    "would mix requests; batch the rows into one application"
                 )
-            _ACTIVE[self.model] = 1
+            threads.add(thread)
         handles = []
         try:
-            for name, module in self.targets.items():
-                if name in batch.factors:
-                    handles.append(module.register_forward_hook(DeltaHook(name, module, state)))
+            with _HOOKS_LOCK:
+                for name, module in self.targets.items():
+                    if name in batch.factors:
+                        handles.append(module.register_forward_hook(DeltaHook(name, module, state)))
             yield state
         finally:
-            for handle in handles:
-                handle.remove()
+            with _HOOKS_LOCK:
+                for handle in handles:
+                    handle.remove()
             with _REGISTRY_LOCK:
-                _ACTIVE[self.model] = 0
+                _ACTIVE.get(self.model, set()).discard(thread)

@@ -3,7 +3,9 @@
 Two paths, one maths:
 
 * **serving** (no autograd): :func:`hyco_rag.kernels.add_lora` adds the delta to the linear's
-  output *in place* (Triton on CUDA, its vectorised torch reference elsewhere).  It is the one
+  output *in place* (Triton on CUDA); on the torch backend (CPU) every row's adapter is
+  gathered once per prepared batch (:meth:`DeltaBatch.row_adapters`) and added with two
+  batched matmuls (:func:`hyco_rag.kernels.add_lora_rows_torch`).  It is the one
   function the kernels replace; ``B @ A`` is never formed and ``W`` is never touched.
 * **training** (autograd on, some factor or input requires grad): ``add_lora`` is
   inference-only by design (in-place), so :func:`lora_delta_autograd` computes the same sum
@@ -17,6 +19,7 @@ second (tiny, rank-r) call saves.  The fused path pays only with a fused gate|up
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +63,7 @@ class StepState:
     """
 
     batch: DeltaBatch
+    thread: int | None = None  # the applying thread; forwards of other threads are left alone
     _meta_key: tuple[int, int] | None = None
     _meta: object = None
     _token_slots: torch.Tensor | None = None
@@ -97,6 +101,8 @@ class DeltaHook:
         lora_a, lora_b = self.lora_a, self.lora_b
         if lora_a is None or lora_b is None:
             return None
+        if self.state.thread is not None and threading.get_ident() != self.state.thread:
+            return None  # another thread's forward of the same model (e.g. passage encoding)
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor):
             raise RuntimeError(f"delta hook on {self.name!r}: expected a tensor input, got {type(x).__name__}")
@@ -116,8 +122,14 @@ class DeltaHook:
         if needs_grad:
             delta = lora_delta_autograd(x3, lora_a, lora_b, batch.scale, self.state.row_slots(rows, x.device))
             return output + delta.reshape(output.shape)
-        from hyco_rag.kernels import add_lora
+        from hyco_rag.kernels import add_lora, add_lora_rows_torch, resolve_backend
 
+        if resolve_backend(None, x.device) == "torch":
+            # Per-row adapters gathered once per prepared batch: two bmm per call.
+            a_rows, b_rows = batch.row_adapters(self.name, rows)
+            y3 = output.reshape(rows, -1, output.shape[-1])  # a view unless output is non-contiguous
+            add_lora_rows_torch(y3, x3, a_rows, b_rows, lora_a.dtype)
+            return None if y3.data_ptr() == output.data_ptr() else y3.reshape(output.shape)
         seq = x3.shape[1]
         token_slots, meta = self.state.token_slots(rows, seq, x.device)
         y2 = output.reshape(rows * seq, output.shape[-1])

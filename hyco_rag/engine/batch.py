@@ -2,8 +2,9 @@
 
 The engine's worker owns one :class:`DecodeBatch`.  Between two decode steps it may
 
-* **admit** waiting rows: they are prefilled together (left-padded, each under its own delta
-  slot) and their caches are merged into the running cache, left-padded to a common length;
+* **merge** rows prefilled meanwhile (:meth:`DecodeBatch.prefill`, left-padded, each under its
+  own delta slot, possibly on another thread): their caches join the running cache,
+  left-padded to a common length;
 * **evict** finished, cancelled or timed-out rows: their cache rows are dropped at once, and
   columns that became padding in every remaining row are trimmed.
 
@@ -25,7 +26,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,18 @@ class Row:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+@dataclass
+class Prefilled:
+    """Rows prefilled by :meth:`DecodeBatch.prefill`, waiting for :meth:`DecodeBatch.merge`:
+    their KV cache, mask, prompt lengths and first sampled tokens."""
+
+    rows: list[Row]
+    cache: Any
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    tokens: torch.Tensor
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -220,7 +233,8 @@ class DecodeBatch:
     # ------------------------------------------------------------------ deltas
 
     def _hooks(self, rows: Sequence[Row]) -> contextlib.AbstractContextManager[Any]:
-        """Hook ``rows``' deltas in for one forward (nothing when no row carries one)."""
+        """Hook the running ``rows``' deltas in for one decode step (nothing when no row
+        carries one); the prepared batch is kept until the composition changes."""
         if self.injector is None or all(row.delta is None for row in rows):
             return contextlib.nullcontext()
         key = tuple(id(row) for row in rows)
@@ -232,31 +246,47 @@ class DecodeBatch:
     # ------------------------------------------------------------------ forwards
 
     def _forward(
-        self, rows: Sequence[Row], input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, past: int
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        past: int,
+        hooks: contextlib.AbstractContextManager[Any],
     ) -> torch.Tensor:
         kwargs: dict[str, Any] = {self._cache_argument: cache}
         if self._takes_cache_position:  # transformers < 5.x derives nothing from the cache
             kwargs["cache_position"] = torch.arange(past, past + input_ids.shape[1], device=self.device)
-        with self._hooks(rows):
+        with hooks:
             output = self.model(
                 input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **kwargs
             )
         return output.logits[:, -1, :].float()
 
     def admit(self, rows: Sequence[Row]) -> None:
-        """Prefill ``rows`` and merge them into the running batch.
+        """Prefill ``rows`` and merge them into the running batch (:meth:`prefill` + :meth:`merge`).
+
+        If a group's forward fails, that group's rows are not kept and the error is raised;
+        groups merged before it stay.
+        """
+        for prefilled in self.prefill(rows):
+            self.merge(prefilled)
+
+    def prefill(self, rows: Sequence[Row]) -> Iterator[Prefilled]:
+        """Prefill ``rows``, one length group at a time, without touching the running batch.
 
         Rows of similar prompt length are prefilled together (a group wastes at most a
         quarter of its compute on padding; padding a 260-token prompt to a 1,000-token one
-        doubled the prefill cost), each group in one forward.  Each admitted row gets its
-        first token, so it may already be finished.  If a group's forward fails, that group's
-        rows are not kept and the error is raised; groups merged before it stay.
+        doubled the prefill cost), each group in one forward under its own delta
+        application.  Nothing of the running batch is read or written, so another thread may
+        prefill while the decode thread steps (the delta hooks act only on the thread that
+        applied them); hand each result to :meth:`merge` on the decode thread.
         """
         for group in _length_groups(list(rows)):
-            self._admit_group(group)
+            yield self._prefill_group(group)
 
     @torch.inference_mode()
-    def _admit_group(self, rows: list[Row]) -> None:
+    def _prefill_group(self, rows: list[Row]) -> Prefilled:
         width = max(len(row.prompt_ids) for row in rows)
         ids = torch.full((len(rows), width), 0, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -266,11 +296,17 @@ class DecodeBatch:
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = _new_cache(self.model.config)
-        logits = self._forward(rows, ids, mask, positions, cache, 0)
-        lengths = mask.sum(-1)
-        new_tokens = self._sample(rows, logits)
-        self._merge(rows, cache, mask, lengths, new_tokens)
-        self._emit(rows, new_tokens)
+        hooks: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self.injector is not None and any(row.delta is not None for row in rows):
+            hooks = self.injector.apply_prepared(self.injector.prepare([row.delta for row in rows]))
+        logits = self._forward(ids, mask, positions, cache, 0, hooks)
+        return Prefilled(rows, cache, mask, mask.sum(-1), self._sample(rows, logits))
+
+    def merge(self, prefilled: Prefilled) -> None:
+        """Add prefilled rows to the running batch and hand out their first tokens (decode
+        thread).  Rows may already be finished then; :meth:`evict` removes them."""
+        self._merge(prefilled.rows, prefilled.cache, prefilled.mask, prefilled.lengths, prefilled.tokens)
+        self._emit(prefilled.rows, prefilled.tokens)
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -280,7 +316,9 @@ class DecodeBatch:
         assert self.mask is not None and self.positions is not None and self.last_tokens is not None
         past = self.mask.shape[1]
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
-        logits = self._forward(self.rows, self.last_tokens[:, None], self.mask, self.positions[:, None], self.cache, past)
+        logits = self._forward(
+            self.last_tokens[:, None], self.mask, self.positions[:, None], self.cache, past, self._hooks(self.rows)
+        )
         self.positions = self.positions + 1
         new_tokens = self._sample(self.rows, logits)
         self.last_tokens = new_tokens

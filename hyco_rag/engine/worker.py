@@ -1,17 +1,24 @@
-"""The one thread that owns the served model: its forwards, its hooks, its KV cache.
+"""The threads that run the served model: the decode thread steps the running batch, the job
+thread encodes passages and prefills new requests beside it.
 
 Callers never run the model.  They submit work and wait on a :class:`RequestHandle` (sync,
-async or streaming); the :class:`EngineWorker` thread loops:
+async or streaming).  The :class:`EngineWorker` has two threads:
 
-1. run queued *jobs* (passage encoding for deltas: it runs the model, so it runs here, never
-   while hooks are registered); the waiting requests' passages are encoded in one batch;
-2. drop waiting requests that were cancelled or timed out;
-3. **admit** waiting requests into the running batch while it has free slots (prefill);
-4. one **decode step** for every running row; rows that finished (end of sequence, stop
-   sequence, ``max_tokens``), were cancelled or timed out leave the batch at once.
+* the **decode thread** loops: merge rows prefilled meanwhile into the running batch, then one
+  **decode step** for every running row; rows that finished (end of sequence, stop sequence,
+  ``max_tokens``), were cancelled or timed out leave the batch at once;
+* the **job thread** runs *jobs* first (encoding and translating the passages of requests still
+  being prepared; waiting jobs are merged into calls of at most :attr:`EngineWorker.max_job_items`
+  items, so the first requests of a burst start while later ones are still encoded), then
+  **prefills** waiting requests for the batch's free slots and hands them to the decode thread.
 
 So new requests join between decode steps and finished ones leave (continuous batching at
-step granularity).  The waiting queue is bounded: :meth:`EngineWorker.submit` raises
+step granularity), and the compute-bound work of new requests (encoding, prefill) runs beside
+the memory-bound decode instead of stalling every running row: on a CPU it uses a second core.
+When rows wait while the job thread is busy and has a backlog (or nothing is running), the
+decode thread prefills them itself (:meth:`EngineWorker._inline_work` says when that pays).  Both threads run the same model; delta
+hooks act only on the thread that applied them (:mod:`hyco_rag.dyprag.injection`).  The waiting
+queue is bounded: :meth:`EngineWorker.submit` raises
 :class:`~hyco_rag.engine.errors.EngineOverloadedError` instead of queueing without end.
 """
 
@@ -29,7 +36,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from hyco_rag.engine.batch import DecodeBatch, Row
+from hyco_rag.engine.batch import DecodeBatch, Prefilled, Row
 from hyco_rag.engine.errors import EngineClosedError, EngineOverloadedError, RequestCancelledError, RequestTimeoutError
 from hyco_rag.engine.request import Completion, PreparedRequest
 from hyco_rag.engine.sampling import SamplingParams
@@ -186,6 +193,9 @@ class EngineWorker:
         listeners: told about every step and finished request.
     """
 
+    #: Most items (passages) that waiting jobs merge into one call (a job is never split).
+    max_job_items = 4
+
     def __init__(self, batch: DecodeBatch, *, max_batch_size: int, max_queue: int, listeners: list[EngineListener]) -> None:
         self.batch = batch
         self.max_batch_size = max_batch_size
@@ -196,13 +206,19 @@ class EngineWorker:
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._job_thread: threading.Thread | None = None
+        self._ready: deque[Prefilled] = deque()  # prefilled on the job thread, to merge
+        self._claimed = 0  # rows taken from the queue for prefill and not merged yet
+        self._job_busy = False
         self._failure: BaseException | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def on_worker_thread(self) -> bool:
-        return self._thread is not None and threading.current_thread() is self._thread
+        """Whether the caller is one of this worker's threads (decode or jobs)."""
+        current = threading.current_thread()
+        return current is self._thread or current is self._job_thread
 
     def _ensure_started(self) -> None:
         if self._closed:
@@ -211,16 +227,20 @@ class EngineWorker:
             raise EngineClosedError(f"the engine's worker died: {self._failure!r}")
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="hyco-rag-engine", daemon=True)
+            self._job_thread = threading.Thread(target=self._run_job_loop, name="hyco-rag-engine-jobs", daemon=True)
             self._thread.start()
-            atexit.register(self.close)  # end the loop before the interpreter tears torch down
+            self._job_thread.start()
+            atexit.register(self.close)  # end the loops before the interpreter tears torch down
 
     def close(self) -> None:
         """Stop the worker; waiting and running requests end with :class:`EngineClosedError`."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None and not self.on_worker_thread:
-            self._thread.join(timeout=30)
+        if not self.on_worker_thread:
+            for thread in (self._thread, self._job_thread):
+                if thread is not None:
+                    thread.join(timeout=30)
 
     @property
     def closed(self) -> bool:
@@ -238,10 +258,10 @@ class EngineWorker:
     # ------------------------------------------------------------------ submitting
 
     def run_batched(self, items: list[Any], batch_fn: Callable[[list[Any]], list[Any]]) -> list[Any]:
-        """``batch_fn(items)`` on the worker thread, merged with other callers' waiting items.
+        """``batch_fn(items)`` on the job thread, merged with other callers' waiting items.
 
-        Concurrent requests that each need their passages encoded share one batched forward
-        instead of queueing one encoding after another between decode steps.
+        Concurrent requests that each need their passages encoded share batched forwards
+        (:attr:`max_job_items` at most) on the job thread, while the decode thread goes on.
         """
         if self.on_worker_thread:
             return batch_fn(items)
@@ -314,24 +334,29 @@ class EngineWorker:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        """The decode thread: merge what was prefilled, prefill inline only while the job thread
+        is busy, and step the running batch."""
         try:
             while True:
                 with self._cond:
-                    while not (self._closed or self._jobs or self._waiting or len(self.batch)):
+                    while not (self._closed or self._ready or len(self.batch) or self._inline_work()):
                         self._cond.wait()
                     if self._closed:
                         break
-                    jobs = list(self._jobs)
-                    self._jobs.clear()
-                self._run_jobs(jobs)
-                self._admit()
+                    ready, self._ready = list(self._ready), deque()
+                    inline = self._claim() if self._inline_work() else []
+                for prefilled in ready:
+                    self._merge(prefilled)
+                if inline:  # the job thread is busy: prefill here rather than let rows wait
+                    for prefilled in self._prefill(inline):
+                        self._merge(prefilled)
                 if len(self.batch):
                     try:
                         self.batch.step()
                     except Exception as error:
                         logger.exception("a decode step failed; its %d rows end with the error", len(self.batch))
                         self.batch.fail_all(error)
-                    self.batch.evict()
+                    self._evict()
                     depth = self.queue_depth
                     for listener in self.listeners:
                         listener.on_step(len(self.batch), depth)
@@ -340,6 +365,118 @@ class EngineWorker:
             logger.exception("the engine worker died")
         finally:
             self._shutdown()
+
+    def _run_job_loop(self) -> None:
+        """The job thread, until closed: the prefill of waiting requests for free slots first
+        (they are the closest to producing tokens), else encoding jobs (a bounded merge of
+        them at a time)."""
+        try:
+            while True:
+                with self._cond:
+                    while not (self._closed or self._jobs or (self._waiting and self._free_slots() > 0)):
+                        self._job_busy = False
+                        self._cond.wait()
+                    if self._closed:
+                        return  # _shutdown fails the jobs still waiting
+                    self._job_busy = True
+                    jobs: list[_Job] = []
+                    rows = self._claim() if self._waiting and self._free_slots() > 0 else []
+                    if not rows and self._jobs:
+                        jobs = [self._jobs.popleft()]
+                        items = len(jobs[0].items)
+                        while self._jobs and items + len(self._jobs[0].items) <= self.max_job_items:
+                            items += len(self._jobs[0].items)
+                            jobs.append(self._jobs.popleft())
+                if jobs:
+                    self._run_jobs(jobs)
+                for prefilled in self._prefill(rows):
+                    with self._cond:
+                        self._ready.append(prefilled)
+                        self._cond.notify_all()
+        except BaseException as error:
+            self._failure = error
+            logger.exception("the engine's job thread died")
+            self.close()
+        finally:
+            with self._cond:
+                self._job_busy = False
+
+    # ------------------------------------------------------------------ slots
+
+    def _free_slots(self) -> int:
+        """Rows that may still be claimed for prefill (under the condition's lock)."""
+        return self.max_batch_size - len(self.batch) - self._claimed
+
+    def _inline_work(self) -> bool:
+        """Whether the decode thread should prefill itself (under the condition's lock): rows
+        wait for free slots, the job thread is busy, and either nothing is running or the job
+        thread has a backlog of encodings too.  A prefill here stalls every running row, so it
+        pays only when the job thread is the bottleneck (prefill-heavy load: several passages,
+        short answers); under decode-heavy load the decode thread is the bottleneck and leaves
+        prefill to the job thread."""
+        if not (self._waiting and self._free_slots() > 0 and self._job_busy):
+            return False
+        return not len(self.batch) or bool(self._jobs)
+
+    def _claim(self) -> list[Row]:
+        """Waiting rows for the free slots, in order; cancelled or timed-out ones end here
+        (under the condition's lock).  Claimed rows count against the batch size until they
+        are merged or fail."""
+        claimed: list[Row] = []
+        kept: deque[tuple[RequestHandle, Row]] = deque()
+        free = self._free_slots()
+        while self._waiting:
+            handle, row = self._waiting.popleft()
+            reason = handle.abort_reason()
+            if reason is not None:
+                self._fail(handle, reason)
+            elif len(claimed) < free:
+                handle.admitted_at = time.perf_counter()
+                claimed.append(row)
+            else:
+                kept.append((handle, row))
+        self._waiting = kept
+        self._claimed += len(claimed)
+        return claimed
+
+    def _prefill(self, rows: list[Row]) -> Iterator[Prefilled]:
+        """Prefill claimed rows group by group; when a group's forward fails, it and the
+        groups after it end with the error (groups yielded before stay)."""
+        pending = list(rows)
+        try:
+            for prefilled in self.batch.prefill(rows):
+                done = {id(row) for row in prefilled.rows}
+                pending = [row for row in pending if id(row) not in done]
+                yield prefilled
+        except Exception as error:
+            logger.exception("prefill of %d new rows failed; they end with the error", len(pending))
+            self._release(pending, error)
+
+    def _merge(self, prefilled: Prefilled) -> None:
+        """Merge prefilled rows into the batch (decode thread) and release their claims."""
+        try:
+            self.batch.merge(prefilled)
+        except Exception as error:
+            logger.exception("merging %d prefilled rows failed; they end with the error", len(prefilled.rows))
+            self._release(prefilled.rows, error)
+            return
+        with self._cond:
+            self._claimed -= len(prefilled.rows)
+        self._evict()  # rows that finished on their first token
+
+    def _release(self, rows: list[Row], error: BaseException) -> None:
+        """Claimed rows that will never join the batch: their slots are freed, they end with ``error``."""
+        with self._cond:
+            self._claimed -= len(rows)
+            self._cond.notify_all()
+        for row in rows:
+            row.finish_reason = "error"
+            row.on_error(error)
+
+    def _evict(self) -> None:
+        if self.batch.evict():
+            with self._cond:
+                self._cond.notify_all()  # free slots: the job thread may prefill waiting rows
 
     @staticmethod
     def _run_jobs(jobs: list[_Job]) -> None:
@@ -359,33 +496,6 @@ class EngineWorker:
                     if not job.future.done():
                         job.future.set_exception(error)
 
-    def _admit(self) -> None:
-        newcomers: list[Row] = []
-        with self._cond:
-            kept: deque[tuple[RequestHandle, Row]] = deque()
-            while self._waiting:
-                handle, row = self._waiting.popleft()
-                reason = handle.abort_reason()
-                if reason is not None:
-                    self._fail(handle, reason)
-                elif len(self.batch) + len(newcomers) < self.max_batch_size:
-                    handle.admitted_at = time.perf_counter()
-                    newcomers.append(row)
-                else:
-                    kept.append((handle, row))
-            self._waiting = kept
-        if not newcomers:
-            return
-        try:
-            self.batch.admit(newcomers)
-        except Exception as error:
-            logger.exception("prefill of %d new rows failed; they end with the error", len(newcomers))
-            for row in newcomers:
-                row.finish_reason = "error"
-                row.on_error(error)
-            return
-        self.batch.evict()  # rows that finished on their first token
-
     def _shutdown(self) -> None:
         error = (
             EngineClosedError("the engine is closed")
@@ -396,8 +506,12 @@ class EngineWorker:
             self._closed = True
             waiting, self._waiting = list(self._waiting), deque()
             jobs, self._jobs = list(self._jobs), deque()
+            ready, self._ready = list(self._ready), deque()
+            self._cond.notify_all()  # the job thread ends too
         for handle, _ in waiting:
             self._fail(handle, error)
+        for prefilled in ready:
+            self._release(prefilled.rows, error)
         for job in jobs:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(error)

@@ -170,6 +170,33 @@ def test_nested_application_refused():
     assert hook_count(block) == 0
 
 
+def test_hooks_act_only_on_the_applying_thread():
+    """While one thread has deltas applied, a forward of the same model on another thread sees
+    the unmodified model (the engine encodes passages beside its decode thread)."""
+    import threading
+
+    block = Block()
+    delta = random_delta(block, 2, 3)
+    x = torch.randn(1, 4, 12)
+    with torch.no_grad():
+        base = block(x)
+        inside: dict[str, torch.Tensor] = {}
+        with DeltaInjector(block).apply([delta]):
+            assert deltas_active(block) and deltas_active(block, on_this_thread=True)
+            inside["here"] = block(x)
+
+            def elsewhere() -> None:
+                inside["active there"] = torch.tensor(deltas_active(block, on_this_thread=True))
+                inside["there"] = block(x)
+
+            thread = threading.Thread(target=elsewhere)
+            thread.start()
+            thread.join()
+    torch.testing.assert_close(inside["here"].double(), dense_reference(block, x, [delta]), rtol=1e-4, atol=1e-4)
+    assert torch.equal(inside["there"], base) and not bool(inside["active there"])
+    assert not deltas_active(block) and hook_count(block) == 0
+
+
 def test_batch_size_mismatch_is_a_clear_error():
     block = Block()
     with pytest.raises(RuntimeError, match="2 batch rows but deltas were given for 3"):

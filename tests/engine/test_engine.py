@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -142,20 +143,36 @@ def test_closing_a_stream_cancels_the_request_and_frees_its_slot(tiny, engine):
     assert engine.stats.requests.get("cancelled", 0) >= 1
 
 
-async def test_a_cancelled_task_frees_its_slot(engine):
+@contextlib.contextmanager
+def slowed(model, seconds: float = 0.002):
+    """Every forward of ``model`` takes at least ``seconds`` longer: timing tests stay
+    meaningful however fast the decode is."""
+    handle = model.register_forward_pre_hook(lambda module, args: time.sleep(seconds))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+async def test_a_cancelled_task_frees_its_slot(tiny, engine, monkeypatch):
     request = engine.ask(QUESTIONS[2], [PASSAGES[2]], mode="dyprag")
-    task = asyncio.ensure_future(engine.agenerate(request, SamplingParams(max_tokens=200)))
-    await asyncio.sleep(0.2)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.to_thread(_wait_idle, engine)
+    monkeypatch.setattr(engine._worker.batch, "eos_ids", frozenset())  # the row cannot end early
+    with slowed(tiny[0]):  # 300 steps take >= 0.6 s: the task is cancelled while it decodes
+        task = asyncio.ensure_future(engine.agenerate(request, SamplingParams(max_tokens=300)))
+        while engine.running == 0:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(_wait_idle, engine)
+    assert engine.stats.requests.get("cancelled", 0) >= 1
 
 
 def test_timeouts_overload_and_close(tiny):
     model, tokenizer = tiny
     engine = Engine(model, tokenizer, random_translator(model), config=EngineConfig(max_batch_size=1, max_queue=2, timeout_s=0.3))
-    try:
+    # 250 steps take >= 0.5 s, longer than the 0.3 s timeout.
+    with slowed(model), contextlib.closing(engine):
         request = engine.ask(QUESTIONS[0], [PASSAGES[0]], mode="combine")
         with pytest.raises(RequestTimeoutError, match="timeout of 0.3 s"):
             engine.generate(request, SamplingParams(max_tokens=250))
@@ -169,8 +186,6 @@ def test_timeouts_overload_and_close(tiny):
         with pytest.raises(RequestCancelledError):
             handles[0].result()
         assert [h.result().completion_tokens for h in handles[1:]] == [4, 4]
-    finally:
-        engine.close()
     with pytest.raises(EngineClosedError):
         engine.submit(request, SamplingParams(max_tokens=4))
 
@@ -290,17 +305,37 @@ def test_registry_loads_once_per_key_and_resolves_names_once(tiny, tmp_path, mon
     assert registry.engine_count() == 0
 
 
-def test_passages_of_concurrent_requests_are_encoded_in_one_batch(engine, monkeypatch):
+def test_passages_are_encoded_beside_decoding_and_waiting_ones_share_a_batch(engine, monkeypatch):
+    """Encoding runs on the job thread: a running request keeps decoding while an encoding
+    is blocked, and the encodings that queued meanwhile run together (at most
+    ``max_job_items`` per call)."""
     calls: list[int] = []
+    release = threading.Event()
     real = engine.encoder.encode
-    monkeypatch.setattr(engine.encoder, "encode", lambda passages: calls.append(len(passages)) or real(passages))
-    busy = engine.submit(engine.ask(QUESTIONS[0], [], mode="none"), SamplingParams(max_tokens=60))
-    time.sleep(0.1)  # the worker is decoding; the encodings below wait for its next step together
-    texts = [f"Fresh passage number {i} about the batching of encodings." for i in range(4)]
-    threads = [threading.Thread(target=engine.ask, args=(QUESTIONS[1], [text]), kwargs={"mode": "dyprag"}) for text in texts]
-    for thread in threads:
+
+    def encode(passages):
+        calls.append(len(passages))
+        if len(calls) == 1:
+            assert release.wait(30)
+        return real(passages)
+
+    monkeypatch.setattr(engine.encoder, "encode", encode)
+    texts = [f"Fresh passage number {i} about the batching of encodings." for i in range(5)]
+    threads = [threading.Thread(target=engine.ask, args=(QUESTIONS[1], [texts[0]]), kwargs={"mode": "dyprag"})]
+    threads[0].start()
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert calls == [1]  # the first encoding is running (blocked)
+    # A request that needs no encoding decodes to its end meanwhile.
+    assert engine.generate(engine.ask(QUESTIONS[0], [], mode="none"), SamplingParams(max_tokens=12)).completion_tokens > 0
+    threads += [threading.Thread(target=engine.ask, args=(QUESTIONS[1], [text]), kwargs={"mode": "dyprag"}) for text in texts[1:]]
+    for thread in threads[1:]:
         thread.start()
+    while len(engine._worker._jobs) < 4 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    release.set()
     for thread in threads:
         thread.join()
-    busy.result()
-    assert sum(calls) == 4 and len(calls) < 4
+    assert calls[0] == 1 and sum(calls) == 5
+    assert calls[1:] == [4] or calls[1:] == [3, 1] or calls[1:] == [1, 3]  # the four waiting ones: a bounded merge

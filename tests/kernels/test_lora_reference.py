@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hyco_rag.kernels import LoRASlotMetadata, add_lora, lora_shrink_torch, torch_reference
+from hyco_rag.kernels import (
+    LoRASlotMetadata,
+    add_lora,
+    add_lora_rows_torch,
+    gather_row_adapters,
+    lora_shrink_torch,
+    torch_reference,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -76,3 +83,30 @@ def test_empty_batch():
     y = torch.zeros(0, 4)
     out = add_lora(y, torch.zeros(0, 3), torch.zeros(2, 1, 3), torch.zeros(2, 4, 1), torch.zeros(0, dtype=torch.int32))
     assert out.shape == (0, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seq", [1, 7])
+def test_row_layout_matches_the_slot_path(dtype, seq):
+    """``gather_row_adapters`` + ``add_lora_rows_torch`` (the engine's CPU decode path) add
+    the same delta as ``add_lora`` with per-token slots: rows sharing a slot, rows without a
+    delta (-1, untouched) and per-slot scales included."""
+    g = torch.Generator().manual_seed(7)
+    rows, in_features, out_features, rank, slots = 6, 24, 40, 3, 4
+    lora_a = torch.randn(slots, rank, in_features, generator=g).to(dtype)
+    lora_b = torch.randn(slots, out_features, rank, generator=g).to(dtype)
+    scale = torch.tensor([0.5, 1.0, 2.0, 0.25])
+    row_slots = torch.tensor([2, -1, 0, 2, 3, -1])
+    x = torch.randn(rows, seq, in_features, generator=g).to(dtype)
+    y = torch.randn(rows, seq, out_features, generator=g).to(dtype)
+    expected = y.clone()
+    add_lora(expected.view(rows * seq, -1), x.view(rows * seq, -1), lora_a, lora_b, row_slots.repeat_interleave(seq), scale,
+             backend="torch")  # fmt: skip
+    a_rows, b_rows = gather_row_adapters(lora_a, lora_b, row_slots, scale)
+    assert a_rows.shape == (rows, in_features, rank) and b_rows.shape == (rows, rank, out_features)
+    before = y.clone()
+    assert add_lora_rows_torch(y, x, a_rows, b_rows, dtype) is y
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 5e-2}
+    torch.testing.assert_close(y, expected, **tolerance)
+    assert torch.equal(y[row_slots < 0], before[row_slots < 0])  # rows without a delta are untouched
+    assert not torch.equal(y[row_slots >= 0], before[row_slots >= 0])
