@@ -17,7 +17,6 @@ from hyco_rag.dyprag.injection import (
     DeltasAlreadyAppliedError,
     deltas_active,
     find_target_modules,
-    model_lock,
 )
 from hyco_rag.dyprag.layer import lora_delta_autograd
 from hyco_rag.dyprag.translator import (
@@ -48,5 +47,4 @@ __all__ = [
     "find_target_modules",
     "lora_delta_autograd",
     "model_identity",
-    "model_lock",
 ]

@@ -31,7 +31,6 @@ from hyco_rag.dyprag.layer import DeltaHook, StepState
 logger = logging.getLogger(__name__)
 
 _REGISTRY_LOCK = threading.Lock()
-_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 #: model -> the threads with an application in effect on it.
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, set[int]] = weakref.WeakKeyDictionary()
 #: Held while hooks are registered or removed: torch hands out hook ids from an unlocked class
@@ -41,15 +40,6 @@ _HOOKS_LOCK = threading.Lock()
 
 class DeltasAlreadyAppliedError(RuntimeError):
     """Deltas are already applied to this model; a second application would mix requests."""
-
-
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The lock that serialises every delta application (and generation) on ``model``."""
-    with _REGISTRY_LOCK:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.RLock()
-        return lock
 
 
 def deltas_active(model: nn.Module, *, on_this_thread: bool = False) -> bool:
