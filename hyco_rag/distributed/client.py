@@ -271,9 +271,11 @@ class RemoteRequestHandle:
             raise RequestCancelledError("the request was cancelled")
 
     async def _wait(self, awaitable: Any) -> Any:
+        from hyco_rag.engine.worker import wait_with_timeout  # the engine's worker imports torch
+
         wait_s = self.client.wait_s
         try:
-            return await asyncio.wait_for(awaitable, wait_s)
+            return await wait_with_timeout(awaitable, wait_s)  # asyncio.wait_for can swallow a cancel
         except asyncio.TimeoutError:
             self.cancel()
             raise RequestTimeoutError(

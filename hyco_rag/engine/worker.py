@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from hyco_rag.engine.batch import DecodeBatch, Prefilled, Row
@@ -114,7 +114,7 @@ class RequestHandle:
     async def _next_async(self) -> tuple[str, Any]:
         assert self._aevents is not None
         try:
-            return await asyncio.wait_for(self._aevents.get(), self._wait_s())
+            return await wait_with_timeout(self._aevents.get(), self._wait_s())
         except asyncio.TimeoutError:
             self.cancel()
             return "error", RequestTimeoutError(f"the request did not finish within its timeout of {self.timeout_s:g} s")
@@ -170,6 +170,23 @@ class RequestHandle:
             if isinstance(item, Completion):
                 return item
         raise RuntimeError("the request ended without a completion")  # pragma: no cover
+
+
+async def wait_with_timeout(awaitable: Awaitable[Any], timeout_s: float | None) -> Any:
+    """``await awaitable`` within ``timeout_s`` (``None``: no limit), never swallowing a cancel.
+
+    Python 3.10/3.11's ``asyncio.wait_for`` returns the inner result when the waiting task is
+    cancelled just as that result arrives, so a cancelled request would run on to its end
+    (a token event arrives every decode step, so this happens); ``asyncio.timeout`` (3.11+)
+    raises the ``CancelledError``.
+    """
+    if timeout_s is None:
+        return await awaitable
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:  # Python 3.10: wait_for, with its race
+        return await asyncio.wait_for(awaitable, timeout_s)
+    async with timeout(timeout_s):
+        return await awaitable
 
 
 class _Job:
@@ -391,8 +408,12 @@ class EngineWorker:
                     self._run_jobs(jobs)
                 for prefilled in self._prefill(rows):
                     with self._cond:
-                        self._ready.append(prefilled)
-                        self._cond.notify_all()
+                        closed = self._closed
+                        if not closed:
+                            self._ready.append(prefilled)
+                            self._cond.notify_all()
+                    if closed:  # the decode thread has shut down: nobody will merge these rows
+                        self._release(prefilled.rows, EngineClosedError("the engine is closed"))
         except BaseException as error:
             self._failure = error
             logger.exception("the engine's job thread died")

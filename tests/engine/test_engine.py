@@ -339,3 +339,22 @@ def test_passages_are_encoded_beside_decoding_and_waiting_ones_share_a_batch(eng
         thread.join()
     assert calls[0] == 1 and sum(calls) == 5
     assert calls[1:] == [4] or calls[1:] == [3, 1] or calls[1:] == [1, 3]  # the four waiting ones: a bounded merge
+
+
+async def test_a_cancel_is_never_swallowed_when_an_event_arrives_at_the_same_moment():
+    """``asyncio.wait_for`` (Python 3.10/3.11) returns the inner result when the waiter is
+    cancelled just as that result arrives; a request handle waits for a token event every
+    decode step, so it must use a wait that raises the cancellation."""
+    from hyco_rag.engine.worker import wait_with_timeout
+
+    for timeout_s in (10.0, None):
+        for _ in range(50):
+            events: asyncio.Queue[int] = asyncio.Queue()
+            waiter = asyncio.ensure_future(wait_with_timeout(events.get(), timeout_s))
+            await asyncio.sleep(0)
+            events.put_nowait(1)
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+    with pytest.raises(asyncio.TimeoutError):
+        await wait_with_timeout(asyncio.Queue().get(), 0.01)
