@@ -62,7 +62,7 @@ class TranslatorMismatchError(ValueError):
     """The translator was made for another model, or for another rank / target set."""
 
 
-def _fingerprint(model: nn.Module, rows: int = 16, dims: int = 16) -> list[float]:
+def embedding_fingerprint(model: nn.Module, rows: int = 16, dims: int = 16) -> list[float]:
     """A few embedding-matrix entries: distinguishes differently trained weights of equal shape."""
     weight = model.get_input_embeddings().weight.detach()
     index = torch.linspace(0, weight.shape[0] - 1, rows).long().to(weight.device)
@@ -83,7 +83,7 @@ def model_identity(model: PreTrainedModel, delta_config: DeltaConfig) -> dict[st
         "intermediate_size": int(getattr(cfg, "intermediate_size", 0) or 0),
         "vocab_size": int(getattr(cfg, "vocab_size", 0)),
         "targets": {name: [m.in_features, m.out_features] for name, m in targets.items()},
-        "fingerprint": _fingerprint(model),
+        "fingerprint": embedding_fingerprint(model),
     }
 
 

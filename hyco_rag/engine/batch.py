@@ -9,7 +9,9 @@ The engine's worker owns one :class:`DecodeBatch`.  Between two decode steps it 
   columns that became padding in every remaining row are trimmed.
 
 Every forward is one call of the HF model with an explicit 2-D attention mask and per-row
-position ids, which is how ``generate`` itself runs a left-padded batch; the masked (padding)
+position ids (a prefill whose rows carry soft tokens passes ``inputs_embeds``: the token
+embeddings with each such row's soft tokens written over its placeholder positions; rows
+without soft tokens in the same forward are unchanged), which is how ``generate`` itself runs a left-padded batch; the masked (padding)
 positions get exactly zero attention weight, so a row's tokens do not depend on its
 neighbours except through floating-point summation order of batched matmuls.
 
@@ -58,6 +60,8 @@ class Row:
     prompt_ids: list[int]
     sampling: SamplingParams
     delta: LoRADelta | None = None
+    soft_embeds: torch.Tensor | None = None  # [k, hidden] written over prompt_ids[soft_start:]
+    soft_start: int = 0
     on_text: Callable[[str], None] = lambda piece: None
     on_finish: Callable[[Row], None] = lambda row: None
     on_error: Callable[[BaseException], None] = lambda error: None
@@ -73,6 +77,15 @@ class Row:
     def __post_init__(self) -> None:
         if not self.prompt_ids:
             raise ValueError("a row needs at least one prompt token")
+        if self.soft_embeds is not None and not (
+            self.soft_embeds.dim() == 2
+            and 0 <= self.soft_start
+            and self.soft_start + self.soft_embeds.shape[0] <= len(self.prompt_ids)
+        ):
+            raise ValueError(
+                f"soft tokens of shape {tuple(self.soft_embeds.shape)} at {self.soft_start} do not fit a prompt of "
+                f"{len(self.prompt_ids)} tokens"
+            )
         self._filter = StopSequenceFilter(list(self.sampling.stop))
 
     @property
@@ -253,15 +266,33 @@ class DecodeBatch:
         cache: Any,
         past: int,
         hooks: contextlib.AbstractContextManager[Any],
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         kwargs: dict[str, Any] = {self._cache_argument: cache}
         if self._takes_cache_position:  # transformers < 5.x derives nothing from the cache
             kwargs["cache_position"] = torch.arange(past, past + input_ids.shape[1], device=self.device)
+        if inputs_embeds is not None:
+            kwargs["inputs_embeds"] = inputs_embeds
+        else:
+            kwargs["input_ids"] = input_ids
         with hooks:
-            output = self.model(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **kwargs
-            )
+            output = self.model(attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **kwargs)
         return output.logits[:, -1, :].float()
+
+    def _embeds_with_soft_tokens(self, rows: list[Row], ids: torch.Tensor) -> torch.Tensor | None:
+        """The prefill's input embeddings with each row's soft tokens in place, or ``None``
+        when no row carries soft tokens (the model embeds the ids itself)."""
+        if all(row.soft_embeds is None for row in rows):
+            return None
+        embedding = self.model.get_input_embeddings()
+        embeds = embedding(ids).clone()
+        width = ids.shape[1]
+        for i, row in enumerate(rows):
+            if row.soft_embeds is not None:
+                start = width - len(row.prompt_ids) + row.soft_start  # rows are left-padded
+                soft = row.soft_embeds.to(embeds.device, embeds.dtype)
+                embeds[i, start : start + soft.shape[0]] = soft
+        return embeds
 
     def admit(self, rows: Sequence[Row]) -> None:
         """Prefill ``rows`` and merge them into the running batch (:meth:`prefill` + :meth:`merge`).
@@ -299,7 +330,7 @@ class DecodeBatch:
         hooks: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if self.injector is not None and any(row.delta is not None for row in rows):
             hooks = self.injector.apply_prepared(self.injector.prepare([row.delta for row in rows]))
-        logits = self._forward(ids, mask, positions, cache, 0, hooks)
+        logits = self._forward(ids, mask, positions, cache, 0, hooks, self._embeds_with_soft_tokens(rows, ids))
         return Prefilled(rows, cache, mask, mask.sum(-1), self._sample(rows, logits))
 
     def merge(self, prefilled: Prefilled) -> None:

@@ -21,12 +21,15 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from hyco_rag.engine.batch import DecodeBatch, eos_token_ids
 from hyco_rag.engine.modes import Mode
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
     from hyco_rag.dyprag.delta import LoRADelta
     from hyco_rag.dyprag.encoding import PassageEncoder
     from hyco_rag.dyprag.translator import ParameterTranslator
+    from hyco_rag.hybrid.soft import SoftContext
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +125,10 @@ class Engine:
         translator: passage embedding -> LoRA deltas (checked against the model); ``None``
             serves the context modes only, and delta modes raise ``missing_translator`` (or a
             default message).
-        compressor: HyCo compressor for ``hyco`` / ``combine-hyco`` (loaded on first use when
+        compressor: HyCo compressor for the compressing modes (loaded on first use when
             ``None``).
+        hybrid: the hybrid adapter (or a :class:`~hyco_rag.hybrid.soft.SoftContext` around one)
+            for ``hybrid`` / ``combine-hybrid``; ``None`` loads the shipped one on first use.
         config: batching, bounds and caches.
         template: the QA prompt wording (one for every mode, so scores compare).
         name: the model's id as clients name it.
@@ -140,6 +146,7 @@ class Engine:
         name: str | None = None,
         missing_translator: str | None = None,
         encoder: PassageEncoder | None = None,
+        hybrid: Any | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -150,6 +157,8 @@ class Engine:
         self.missing_translator = missing_translator
         self._compressor = compressor
         self._compressor_lock = threading.Lock()
+        self._hybrid = hybrid
+        self._hybrid_lock = threading.Lock()
         self._budget_tokenizer: Any = None
         self.tokenizer_lock = threading.RLock()
         self.stats = EngineStats()
@@ -329,6 +338,63 @@ class Engine:
             raise TypeError("compressor.compress(query, documents) must return an object whose .texts is a list of strings")
         return list(out)
 
+    # ------------------------------------------------------------------ soft tokens
+
+    @property
+    def hybrid(self) -> SoftContext:
+        """The hybrid adapter's soft-token maker (the shipped adapter, loaded on first use).
+
+        Raises:
+            ValueError: no adapter was given and none is shipped for this model.
+        """
+        from hyco_rag.hybrid.adapter import AdapterMismatchError, HybridAdapter
+        from hyco_rag.hybrid.soft import SoftContext
+
+        with self._hybrid_lock:
+            if self._hybrid is None:
+                try:
+                    self._hybrid = HybridAdapter.from_pretrained(model=self.model)
+                except (FileNotFoundError, AdapterMismatchError) as error:
+                    raise ValueError(
+                        f"modes 'hybrid' and 'combine-hybrid' need a hybrid adapter for this model ({error}); pass "
+                        "hybrid=<HybridAdapter or folder saved by save_pretrained>"
+                    ) from error
+            if isinstance(self._hybrid, (str, os.PathLike)):
+                self._hybrid = HybridAdapter.from_pretrained(self._hybrid, model=self.model)
+            if isinstance(self._hybrid, HybridAdapter):
+                self._hybrid = SoftContext(self._hybrid, self.model, self.tokenizer)
+            return self._hybrid  # type: ignore[no-any-return]
+
+    @hybrid.setter
+    def hybrid(self, adapter: Any) -> None:
+        """Serve the hybrid modes with ``adapter`` (a ``HybridAdapter``, a ``SoftContext`` or
+        a folder saved by ``save_pretrained``), e.g. on an engine from the registry."""
+        with self._hybrid_lock:
+            self._hybrid = adapter
+
+    @property
+    def has_hybrid(self) -> bool:
+        """Whether an adapter was given or loaded (the shipped one may still load on first use)."""
+        return self._hybrid is not None
+
+    def soft_tokens(self, question: str, passages: Sequence[str], *, branch: str | None = None) -> torch.Tensor:
+        """``[k, hidden]`` soft tokens of ``passages`` for ``question`` (on the job thread:
+        it runs the served model)."""
+        hybrid = self.hybrid
+
+        def make(items: list[tuple[str, tuple[str, ...], str | None]]) -> list[torch.Tensor]:
+            groups: dict[str | None, list[int]] = {}
+            for i, (_, _, chosen) in enumerate(items):
+                groups.setdefault(chosen, []).append(i)
+            out: list[torch.Tensor] = [torch.empty(0)] * len(items)
+            for chosen, indices in groups.items():
+                made = hybrid.soft_tokens([items[i][0] for i in indices], [list(items[i][1]) for i in indices], branch=chosen)
+                for i, soft in zip(indices, made):
+                    out[i] = soft
+            return out
+
+        return self._worker.run_batched([(question, tuple(passages), branch)], make)[0]  # type: ignore[no-any-return]
+
     # ------------------------------------------------------------------ preparing
 
     def prepare(
@@ -344,6 +410,8 @@ class Engine:
         rate: float | None = None,
         target_tokens: int | None = None,
         delta: LoRADelta | None = None,
+        soft_embeds: torch.Tensor | None = None,
+        soft_branch: str | None = None,
     ) -> PreparedRequest:
         """Build one request: documents -> [compression] -> [deltas] -> prompt (blocking).
 
@@ -362,6 +430,9 @@ class Engine:
                 rate=|target_tokens=)`` returning ``.texts``).
             rate / target_tokens: the compression budget (default ``config.compression_rate``).
             delta: an explicit delta (e.g. a PRAG LoRA) instead of translating the passages.
+            soft_embeds: explicit ``[k, hidden]`` soft tokens for the hybrid modes instead of the
+                adapter's (controls such as another question's soft tokens).
+            soft_branch: ``"mlp"`` or ``"qformer"``: the adapter's branch alone (ablations).
 
         Raises:
             ValueError: bad messages, documents, mode or budget, a prompt longer than the
@@ -396,6 +467,8 @@ class Engine:
         if keep_prompt:
             if prompt is None and not history:
                 raise ValueError("keep_prompt needs the prompt or the messages to keep")
+            if chosen.uses_soft_tokens:
+                raise ValueError(f"mode {chosen.value!r} places soft tokens in the prompt, so it cannot keep a prompt as it is")
             request.prompt = prompt if prompt is not None else self.render(history)
             return self._finish_prepare(request, delta)
 
@@ -404,14 +477,37 @@ class Engine:
                 raise ValueError("with documents, the last message must be the user message that asks the question")
             question, history = history[-1]["content"], history[:-1]
         context = texts if chosen.uses_context else []
+        soft = None
+        if chosen.uses_soft_tokens and texts:
+            start = time.perf_counter()
+            soft = soft_embeds if soft_embeds is not None else self.soft_tokens(question, texts, branch=soft_branch)
+            if soft.dim() != 2 or soft.shape[1] != int(self.model.config.hidden_size):
+                raise ValueError(f"soft_embeds must be [k, {self.model.config.hidden_size}], got {tuple(soft.shape)}")
+            request.timings["soft"] = time.perf_counter() - start
+            # One budget: the soft tokens count, the kept text gets the rest.
+            total = (
+                target_tokens
+                if target_tokens is not None
+                else round((rate if rate is not None else self.config.compression_rate) * request.passage_tokens)
+            )
+            rate, target_tokens = None, total - soft.shape[0]
         if chosen.compresses and texts:
             start = time.perf_counter()
-            context = self._compress(
-                compressor if compressor is not None else self.compressor, question, texts, rate, target_tokens
-            )
+            if target_tokens is not None and target_tokens < 1:
+                context = []  # the soft tokens took the whole budget
+            else:
+                context = self._compress(
+                    compressor if compressor is not None else self.compressor, question, texts, rate, target_tokens
+                )
             request.timings["compress"] = time.perf_counter() - start
         with self.tokenizer_lock:
             request.context_tokens = sum(count_tokens(self.tokenizer, t) for t in context)
+        if soft is not None:
+            from hyco_rag.hybrid.soft import SOFT_MARKER
+
+            request.soft_embeds = soft
+            request.context_tokens += soft.shape[0]
+            context = [SOFT_MARKER, *context]
         turn = build_messages(question, context, self.template)
         if turn[0]["role"] == "system" and history and history[0]["role"] == "system":
             turn = turn[1:]  # the conversation's own system message wins
@@ -424,7 +520,15 @@ class Engine:
             if self.injector is None:
                 raise ValueError("this model has no target modules for deltas")
         request.delta = delta
-        request.prompt_ids = self.encode(request.prompt)
+        if request.soft_embeds is not None:
+            from hyco_rag.hybrid.soft import soft_prompt_ids
+
+            placeholder = getattr(self.tokenizer, "pad_token_id", None) or 0
+            request.prompt_ids, request.soft_start = soft_prompt_ids(
+                request.prompt, self.encode, request.soft_tokens, placeholder
+            )
+        else:
+            request.prompt_ids = self.encode(request.prompt)
         if not request.prompt_ids:
             raise ValueError("the prompt is empty")
         limit = self.config.max_prompt_tokens or self.window

@@ -1,15 +1,21 @@
 """The one list of request modes: what a request does with its documents.
 
-=================  ====================  ==================  ======================
-mode               passages in prompt    compressed (HyCo)   DyPRAG deltas
-=================  ====================  ==================  ======================
-``none``           no (closed book)      -                   no
-``rag``            yes                   no                  no
-``hyco``           yes                   yes                 no
-``dyprag``         no                    -                   yes
-``combine``        yes                   no                  yes
-``combine-hyco``   yes                   yes                 yes
-=================  ====================  ==================  ======================
+===================  ====================  ==================  =============  ==============
+mode                 passages in prompt    compressed (HyCo)   soft tokens    DyPRAG deltas
+===================  ====================  ==================  =============  ==============
+``none``             no (closed book)      -                   no             no
+``rag``              yes                   no                  no             no
+``hyco``             yes                   yes                 no             no
+``dyprag``           no                    -                   no             yes
+``combine``          yes                   no                  no             yes
+``combine-hyco``     yes                   yes                 no             yes
+``hybrid``           yes (kept text)       yes                 yes            no
+``combine-hybrid``   yes (kept text)       yes                 yes            yes
+===================  ====================  ==================  =============  ==============
+
+``hybrid`` is HyCo2's two views together: the hybrid adapter's soft tokens (the global view,
+:mod:`hyco_rag.hybrid`) followed by the compressor's kept text (the local view), under one
+budget in which the soft tokens count as tokens.
 
 Every path (CLI, LangChain, LlamaIndex, the OpenAI-compatible server, benchmarks, docs) spells
 modes exactly like this; :meth:`Mode.parse` names the choices when it gets anything else.  The
@@ -32,6 +38,8 @@ class Mode(str, Enum):
     DYPRAG = "dyprag"
     COMBINE = "combine"
     COMBINE_HYCO = "combine-hyco"
+    HYBRID = "hybrid"
+    COMBINE_HYBRID = "combine-hybrid"
 
     def __str__(self) -> str:
         return self.value
@@ -39,17 +47,22 @@ class Mode(str, Enum):
     @property
     def uses_context(self) -> bool:
         """Passages (full or compressed) go into the prompt."""
-        return self in (Mode.RAG, Mode.HYCO, Mode.COMBINE, Mode.COMBINE_HYCO)
+        return self in (Mode.RAG, Mode.HYCO, Mode.COMBINE, Mode.COMBINE_HYCO, Mode.HYBRID, Mode.COMBINE_HYBRID)
 
     @property
     def compresses(self) -> bool:
         """The prompt copy of the passages is compressed by HyCo first."""
-        return self in (Mode.HYCO, Mode.COMBINE_HYCO)
+        return self in (Mode.HYCO, Mode.COMBINE_HYCO, Mode.HYBRID, Mode.COMBINE_HYBRID)
+
+    @property
+    def uses_soft_tokens(self) -> bool:
+        """The hybrid adapter turns the passages into soft tokens placed before the kept text."""
+        return self in (Mode.HYBRID, Mode.COMBINE_HYBRID)
 
     @property
     def uses_deltas(self) -> bool:
         """The passages become DyPRAG LoRA deltas of the served model."""
-        return self in (Mode.DYPRAG, Mode.COMBINE, Mode.COMBINE_HYCO)
+        return self in (Mode.DYPRAG, Mode.COMBINE, Mode.COMBINE_HYCO, Mode.COMBINE_HYBRID)
 
     @classmethod
     def parse(cls, value: object) -> Mode:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from hyco_rag.engine.modes import Mode
 
 if TYPE_CHECKING:
+    import torch
+
     from hyco_rag.dyprag.delta import LoRADelta
 
 
@@ -28,9 +30,13 @@ class PreparedRequest:
         mode: how the documents were used; ``None`` for a plain chat turn without documents.
         documents: non-blank passages the request carried.
         passages_injected: passages turned into the delta.
-        context_tokens: tokens of passage text placed in the prompt (compressed, if so).
+        context_tokens: tokens of passage text placed in the prompt (compressed, if so), soft
+            tokens included.
         passage_tokens: tokens of the passages themselves (what plain RAG would place).
-        timings: seconds spent in ``translate`` and ``compress`` while preparing.
+        soft_embeds: ``[k, hidden]`` soft tokens written over ``prompt_ids[soft_start:soft_start + k]``
+            (hybrid modes), or ``None``.
+        soft_start: where the soft tokens start in ``prompt_ids``.
+        timings: seconds spent in ``translate``, ``compress`` and ``soft`` while preparing.
     """
 
     prompt: str
@@ -41,7 +47,13 @@ class PreparedRequest:
     passages_injected: int = 0
     context_tokens: int = 0
     passage_tokens: int = 0
+    soft_embeds: torch.Tensor | None = None
+    soft_start: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def soft_tokens(self) -> int:
+        return int(self.soft_embeds.shape[0]) if self.soft_embeds is not None else 0
 
     @property
     def prompt_tokens(self) -> int:
@@ -59,6 +71,7 @@ class PreparedRequest:
             "passages_injected": self.passages_injected,
             "context_tokens": self.context_tokens,
             "passage_tokens": self.passage_tokens,
+            "soft_tokens": self.soft_tokens,
             "delta_rank": self.delta_rank,
         }
         timings = dict(self.timings)

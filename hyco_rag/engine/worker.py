@@ -298,7 +298,7 @@ class EngineWorker:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> RequestHandle:
         handle = RequestHandle(request, sampling, timeout_s, loop)
-        row = Row(list(request.prompt_ids), sampling, request.delta)
+        row = Row(list(request.prompt_ids), sampling, request.delta, request.soft_embeds, request.soft_start)
         row.on_text = lambda piece: handle._push("text", piece)
         row.on_finish = lambda finished: self._finish(handle, finished)
         row.on_error = lambda error: self._fail(handle, error)
