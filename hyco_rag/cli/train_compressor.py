@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hyco_rag.cli.train import command_line
+
 logger = logging.getLogger(__name__)
 
 
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         from hyco_rag.results import write_json_atomic
 
         eval_report: dict[str, Any] = {
-            "command": "hyco-rag train compressor " + " ".join(_argv(args)),
+            "command": command_line(args),
             "eval": evaluate(args.output, args.eval_questions, args.eval_multihop, args.device, granularities),
         }
         write_json_atomic(Path(args.output) / "eval_report.json", eval_report)
@@ -178,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         "(100); 2Wiki train-500 rows 0-99; MuSiQue musique-train (all 100, never trained on); last 2 "
         "SQuAD v1.1 train articles (tuning)",
         "leak_check": dict(getattr(args, "_leak_check", {}), passed=True),
-        "command": "hyco-rag train compressor " + " ".join(_argv(args)),
+        "command": command_line(args),
     }
     epochs = args.epochs if args.epochs is not None else (8.0 if args.lora_rank == 0 else 2.0)
     train_config = TrainConfig(
@@ -281,13 +283,3 @@ def _train_files(args: argparse.Namespace) -> list[str]:
         ]
     return files
 
-
-def _argv(args: argparse.Namespace) -> list[str]:
-    skip = {"handler", "command", "pipeline", "verbose", "_leak_check"}
-    out = []
-    for key, value in sorted(vars(args).items()):
-        if key in skip or value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        out.append(flag if value is True else f"{flag} {value}")
-    return out

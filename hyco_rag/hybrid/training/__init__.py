@@ -1,0 +1,1 @@
+"""Training the hybrid adapter (``hyco-rag train hybrid``): data, caches, the loop."""
