@@ -2,9 +2,9 @@
 
 retrieve (MiniLM over the 346 bundled SQuAD paragraphs, embeddings cached on disk) -> per mode
 (see :class:`hyco_rag.engine.Mode`): passages in the prompt (``rag``), HyCo-compressed
-(``hyco``), DyPRAG deltas plus passages (``combine``), ... -> generate (SmolLM2 with its chat
-template).  The modes' requests for one question are submitted together, so the engine decodes
-them in one batch.  Every number is measured, nothing is canned.
+(``hyco``), DyPRAG deltas plus passages (``combine``), soft tokens plus compressed passages
+(``hybrid``), ... -> generate (SmolLM2 with its chat template).  The modes' requests for one
+question are submitted together, so the engine decodes them in one batch.  Every number is measured, nothing is canned.
 
 ``hyco-rag demo`` (:mod:`hyco_rag.cli.demo`) prints the result as one table; :func:`run_demo`
 returns it as data (:class:`DemoRun`, ``to_dict()`` for JSON).
@@ -86,7 +86,8 @@ class DemoConfig:
         k: passages retrieved per question.
         questions: how many of the bundled questions (default: all).
         max_new_tokens: answer length bound (answers also stop at a newline).
-        rate: share of the passages' tokens HyCo keeps (``hyco``, ``combine-hyco``).
+        rate: share of the passages' tokens HyCo keeps (the compressing modes; in ``hybrid`` and
+            ``combine-hybrid`` the soft tokens count in it).
         threads: torch CPU threads to set (``None``: leave torch's setting alone).
         device: ``cpu`` / ``cuda`` (default: CUDA when available).
         index_cache: keep the passage embeddings on disk between runs.
@@ -341,7 +342,18 @@ def run_demo(
             for mode in modes:
                 if mode.uses_deltas:
                     unavailable[mode.value] = why
-        if any(mode.compresses for mode in modes):
+        if any(mode.uses_soft_tokens for mode in modes):
+            if report:
+                report("loading the hybrid adapter")
+            start = time.perf_counter()
+            try:
+                engine.hybrid  # noqa: B018 - loads it now (start-up cost), or says why the hybrid modes cannot run
+            except Exception as error:  # noqa: BLE001 - a missing adapter disables the hybrid modes only
+                for mode in modes:
+                    if mode.uses_soft_tokens:
+                        unavailable.setdefault(mode.value, f"no hybrid adapter ({type(error).__name__}: {error})")
+            startup["hybrid"] = time.perf_counter() - start
+        if any(mode.compresses and mode.value not in unavailable for mode in modes):
             if report:
                 report("loading the HyCo compressor")
             start = time.perf_counter()

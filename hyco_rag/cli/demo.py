@@ -158,7 +158,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"comma-separated modes to compare, from {', '.join(MODE_NAMES)} (default: %(default)s)",
     )
     parser.add_argument(
-        "--rate", type=float, default=0.25, help="share of tokens HyCo keeps in hyco and combine-hyco (default: %(default)s)"
+        "--rate",
+        type=float,
+        default=0.25,
+        help="share of tokens HyCo keeps in the compressing modes (hyco, hybrid, ...; default: %(default)s)",
     )
     parser.add_argument("--questions", type=int, default=None, help="how many bundled questions (default: all)")
     parser.add_argument("-k", type=int, default=3, help="passages retrieved per question (default: %(default)s)")

@@ -27,13 +27,17 @@ import torch
 if TYPE_CHECKING:
     from hyco_rag.dyprag.translator import ParameterTranslator
     from hyco_rag.engine import Engine
+    from hyco_rag.hybrid import HybridAdapter
 
 __all__ = [
     "BANANA",
     "EIFFEL",
     "QUESTION",
+    "SOFT_TOKENS",
     "TESLA",
     "engine_fixtures",
+    "give_random_hybrid",
+    "random_hybrid_adapter",
     "served_engine",
     "strong_translator",
     "strong_translator_dir",
@@ -46,6 +50,9 @@ QUESTION = "When was the Eiffel Tower built?"
 EIFFEL = "The Eiffel Tower is a wrought-iron tower in Paris. It was built from 1887 to 1889 by Gustave Eiffel's company."
 BANANA = "Bananas are elongated, edible fruits. They grow in clusters on large herbaceous plants in the tropics."
 TESLA = "Nikola Tesla was born in Smiljan, in the Austrian Empire, in 1856. He later moved to the United States."
+
+#: Soft tokens per request of :func:`random_hybrid_adapter`.
+SOFT_TOKENS = 4
 
 
 def strong_translator(model: torch.nn.Module, *, scale: float = 0.5, seed: int = 1) -> ParameterTranslator:
@@ -89,6 +96,29 @@ def served_engine() -> Engine:
     return get_engine(None, strong_translator_dir())
 
 
+def random_hybrid_adapter(model: torch.nn.Module, *, num_soft_tokens: int = SOFT_TOKENS, seed: int = 0) -> HybridAdapter:
+    """A small random hybrid adapter sized for ``model`` (seeded, without touching the global
+    random generator): the ``hybrid`` modes run with it, their answers are just not trained."""
+    from hyco_rag.hybrid import HybridAdapter
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        adapter = HybridAdapter.for_model(model, width=32, heads=4, num_soft_tokens=num_soft_tokens)  # type: ignore[arg-type]
+    return adapter.eval()
+
+
+def give_random_hybrid(engine: Engine, *, num_soft_tokens: int = SOFT_TOKENS, seed: int = 0) -> Engine:
+    """``engine`` serving the ``hybrid`` modes with :func:`random_hybrid_adapter` (unless it was
+    built with ``hybrid=`` or already loaded an adapter).
+
+    For an engine built elsewhere, such as the registry's (:func:`hyco_rag.engine.get_engine`
+    has no ``hybrid=``; this sets ``engine.hybrid``).
+    """
+    if not engine.has_hybrid:
+        engine.hybrid = random_hybrid_adapter(engine.model, num_soft_tokens=num_soft_tokens, seed=seed)
+    return engine
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """SHA-256 of every parameter and buffer: equal digests mean bit-identical weights."""
     digest = hashlib.sha256()
@@ -116,7 +146,8 @@ def engine_fixtures() -> tuple[Any, Any]:
     """Pytest fixtures ``(_one_thread, engine)`` for an adapter suite.
 
     ``_one_thread`` (autouse, module scope) runs the module on one torch thread; ``engine`` is
-    :func:`served_engine`.  In a test module: ``_one_thread, engine = engine_fixtures()``.
+    :func:`served_engine` with a random hybrid adapter (:func:`give_random_hybrid`, so every mode
+    runs).  In a test module: ``_one_thread, engine = engine_fixtures()``.
     """
     import pytest
 
@@ -127,6 +158,6 @@ def engine_fixtures() -> tuple[Any, Any]:
 
     @pytest.fixture(scope="module", name="engine")
     def engine_fixture() -> Engine:
-        return served_engine()
+        return give_random_hybrid(served_engine())
 
     return _one_thread, engine_fixture

@@ -151,8 +151,9 @@ def create_app(
         max_body_bytes: larger bodies get a 413 before they are parsed.
         max_tokens_limit: requests asking for more ``max_tokens`` get a 400.
         default_max_tokens: ``max_tokens`` of a request that names none (capped by the limit).
-        compressor: what ``/v1/compress`` and the ``hyco``/``combine-hyco`` modes compress
-            with (default: the engine's HyCo compressor, loaded on first use).  Any object
+        compressor: what ``/v1/compress`` and the compressing modes (``hyco``, ``combine-hyco``,
+            ``hybrid``, ``combine-hybrid``) compress with (default: the engine's HyCo
+            compressor, loaded on first use).  Any object
             with ``compress(query, documents, rate=|target_tokens=)`` returning ``.texts``.
         request_timeout_s: per-request timeout of generation (``-1``: the engine's
             ``config.timeout_s``; ``None``: none); a timed-out request gets a 503.

@@ -5,7 +5,8 @@ exception types (``openai.NotFoundError``, ``openai.RateLimitError``, ...).
 =====  ==========================  =============================================================
 code   ``error.type``              when
 =====  ==========================  =============================================================
-400    ``invalid_request_error``   a value the engine refuses (unknown mode, prompt too long,
+400    ``invalid_request_error``   a value the engine refuses (unknown mode, a mode the engine
+                                   lacks the translator or hybrid adapter for, prompt too long,
                                    ``max_tokens`` over the server's limit, bad budget)
 401    ``authentication_error``    the server has an API key and the request lacks it
 404    ``invalid_request_error``   unknown ``model`` (code ``model_not_found``) or route

@@ -5,8 +5,11 @@ clients send through ``extra_body``:
 
 * ``documents``: the passages of this request, strings or ``{"text": ..., "metadata": {...}}``
   (metadata is accepted and ignored by generation);
-* ``hyco``: ``{"mode": "none" | "rag" | "hyco" | "dyprag" | "combine" | "combine-hyco",
-  "rate": float | "target_tokens": int}``; without ``mode`` the server's ``--mode`` applies.
+* ``hyco``: ``{"mode": "none" | "rag" | "hyco" | "dyprag" | "combine" | "combine-hyco" | "hybrid"
+  | "combine-hybrid", "rate": float | "target_tokens": int}``; without ``mode`` the server's
+  ``--mode`` applies.  ``hybrid`` places the hybrid adapter's soft tokens then the compressed
+  text (the soft tokens count in the budget), ``combine-hybrid`` adds the DyPRAG deltas; an
+  engine without a hybrid adapter answers them with a 400.
 
 OpenAI fields the server has no use for (``user``, ``presence_penalty``, ``logit_bias`` ...)
 are accepted and ignored, so stock clients work unchanged; fields whose meaning it cannot
@@ -123,7 +126,7 @@ class Choice(BaseModel):
 
 class ChatCompletion(BaseModel):
     """The non-streaming answer; ``hyco`` carries the request's costs (mode, context tokens,
-    delta rank, timings), an extension OpenAI clients keep as an extra field."""
+    soft tokens, delta rank, timings), an extension OpenAI clients keep as an extra field."""
 
     id: str
     object: Literal["chat.completion"] = "chat.completion"

@@ -151,6 +151,49 @@ def test_a_broken_translator_leaves_the_context_modes(monkeypatch, capsys, demo_
     assert "none of the requested modes can run" in err and "combine:" in err and "dyprag:" in err
 
 
+class FirstWords:
+    """A compressor stand-in: the first ``target_tokens // 2`` words of each passage."""
+
+    def compress(self, query, documents, **budget):
+        from types import SimpleNamespace
+
+        words = max(1, budget.get("target_tokens", 8) // (2 * len(documents)))
+        return SimpleNamespace(texts=[" ".join(d.split()[:words]) for d in documents])
+
+
+def test_hybrid_modes_run_with_an_adapter_and_are_unavailable_without(tiny_engine, demo_index):
+    from hyco_rag.dyprag.testing import random_hybrid_adapter
+    from hyco_rag.engine import Engine
+    from hyco_rag.prompts import SHORT_ANSWER_TEMPLATE
+
+    # The tiny engine has no adapter and none is shipped for its model: hybrid says why, rag runs.
+    alone = run_demo(DemoConfig(modes="rag,hybrid", questions=1, k=2, max_new_tokens=4), engine=tiny_engine, index=demo_index)
+    assert alone.modes == ["rag"] and "need a hybrid adapter" in alone.unavailable["hybrid"]
+    assert set(alone.results[0].answers) == {"rag"}
+
+    model, tokenizer = make_talkative_llama()
+    engine = Engine(
+        model,
+        tokenizer,
+        random_translator(model, scale=0.05),
+        compressor=FirstWords(),
+        hybrid=random_hybrid_adapter(model, num_soft_tokens=4),
+        template=SHORT_ANSWER_TEMPLATE,
+    )
+    try:
+        result = run_demo(
+            DemoConfig(modes="rag,hybrid,combine-hybrid", questions=2, k=2, max_new_tokens=4), engine=engine, index=demo_index
+        )
+    finally:
+        engine.close()
+    assert result.modes == ["rag", "hybrid", "combine-hybrid"] and not result.unavailable
+    assert "hybrid" in result.startup
+    for item in result.results:
+        rag, hybrid, combined = (item.answers[m] for m in ("rag", "hybrid", "combine-hybrid"))
+        assert 4 < hybrid.context_tokens == combined.context_tokens < rag.context_tokens  # 4 soft tokens + kept text
+    json.dumps(result.to_dict())
+
+
 def test_bad_modes_give_a_clear_error(capsys):
     for value, bad in (("rag,combine_hyco", "combine_hyco"), ("closed-book", "closed-book"), ("rag,,RAG", "RAG")):
         assert main(["demo", "--modes", value, "--quiet"]) == 2

@@ -69,8 +69,11 @@ def _tokenizer():
     return _TOKENIZER
 
 
-def make_engine(seed: int = 0, *, name: str = "tiny-llama", compressor=None, **config):
-    """An engine over a fresh tiny Llama with a random translator (seeded)."""
+def make_engine(seed: int = 0, *, name: str = "tiny-llama", compressor=None, soft_tokens: int | None = None, **config):
+    """An engine over a fresh tiny Llama with a random translator (seeded) and, with
+    ``soft_tokens``, a random hybrid adapter making that many soft tokens (else none: the
+    hybrid modes are refused, as no adapter is shipped for this model)."""
+    from hyco_rag.dyprag.testing import random_hybrid_adapter
     from hyco_rag.dyprag.translator import ParameterTranslator, TranslatorConfig
     from hyco_rag.engine import Engine, EngineConfig
 
@@ -78,8 +81,9 @@ def make_engine(seed: int = 0, *, name: str = "tiny-llama", compressor=None, **c
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         translator = ParameterTranslator(TranslatorConfig.for_model(model))
+    hybrid = random_hybrid_adapter(model, num_soft_tokens=soft_tokens, seed=seed) if soft_tokens is not None else None
     settings = {"max_batch_size": 8, "max_queue": 32, "timeout_s": 60.0, **config}
-    return Engine(model, tokenizer, translator, compressor=compressor, name=name, config=EngineConfig(**settings))
+    return Engine(model, tokenizer, translator, compressor=compressor, name=name, config=EngineConfig(**settings), hybrid=hybrid)
 
 
 class FakeCompressor:

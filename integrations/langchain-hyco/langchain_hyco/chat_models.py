@@ -18,7 +18,9 @@ trained with); system messages and earlier turns are kept in front of it.  What 
 passages depends on ``mode`` (:class:`hyco_rag.engine.Mode`, one spelling everywhere):
 ``none`` ignores them, ``rag`` puts them in the prompt, ``hyco`` puts them in compressed,
 ``dyprag`` turns them into deltas only, ``combine`` does both, ``combine-hyco`` does both with
-the prompt copy compressed (by ``compressor`` when given, else the engine's HyCo compressor).
+the prompt copy compressed (by ``compressor`` when given, else the engine's HyCo compressor),
+``hybrid`` puts the engine's hybrid-adapter soft tokens then the compressed text in the prompt
+(one budget, the soft tokens count), and ``combine-hybrid`` adds the deltas to that.
 
 The engine is resolved on first use through :func:`hyco_rag.engine.get_engine` (loaded once per
 model / translator / device and shared by every `ChatHyCo` and LlamaIndex ``HyCoLLM``), so
@@ -184,7 +186,8 @@ class ChatHyCo(BaseChatModel):
     Per-call keyword arguments: ``documents``, ``mode``, ``model`` (another model name, served
     by its own cached engine), ``max_tokens``, ``temperature``.  The answer's
     ``response_metadata`` reports the mode, the passages injected as deltas, the context and
-    passage tokens, the rank of the applied delta, the token counts and the time spent per stage
+    passage tokens, the soft tokens (hybrid modes), the rank of the applied delta, the token
+    counts and the time spent per stage
     (``PreparedRequest.stats``); ``usage_metadata`` comes from the engine's completion.
     """
 
@@ -193,7 +196,8 @@ class ChatHyCo(BaseChatModel):
     translator: str | None = None
     """Folder of a saved ``ParameterTranslator``; ``None`` = the one shipped for the default model."""
     mode: str = "combine"
-    """Default mode: ``none``, ``rag``, ``hyco``, ``dyprag``, ``combine`` or ``combine-hyco``."""
+    """Default mode: ``none``, ``rag``, ``hyco``, ``dyprag``, ``combine``, ``combine-hyco``, ``hybrid`` or
+    ``combine-hybrid``."""
     max_tokens: int = Field(default=64, ge=1)
     """Most tokens generated per answer."""
     temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False)
@@ -203,10 +207,10 @@ class ChatHyCo(BaseChatModel):
     device: str | None = None
     """Torch device; ``None`` picks CUDA when present, else CPU."""
     compressor: Any | None = Field(default=None, exclude=True)
-    """Compresses the prompt copy of the passages in the ``hyco`` and ``combine-hyco`` modes (default:
-    the engine's HyCo compressor): a LangChain ``BaseDocumentCompressor`` (e.g.
-    ``langchain_hyco.HyCoCompressor``) or any object with the core ``.compress(query, documents)
-    -> result.texts`` (e.g. ``hyco_rag.compression.HyCoCompressor``)."""
+    """Compresses the prompt copy of the passages in the compressing modes (``hyco``, ``combine-hyco``,
+    ``hybrid``, ``combine-hybrid``; default: the engine's HyCo compressor): a LangChain
+    ``BaseDocumentCompressor`` (e.g. ``langchain_hyco.HyCoCompressor``) or any object with the core
+    ``.compress(query, documents) -> result.texts`` (e.g. ``hyco_rag.compression.HyCoCompressor``)."""
     engine: Any | None = Field(default=None, exclude=True)
     """A ready :class:`hyco_rag.engine.Engine` to serve instead of loading ``model``/``translator``."""
     streaming: bool = False

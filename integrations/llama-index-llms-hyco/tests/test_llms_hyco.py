@@ -1,12 +1,13 @@
 """`llama_index.llms.hyco.HyCoLLM` as a thin client of the serving engine: per-call passages, the
-six modes, streaming, real async, batching, cancellation, isolation, the missing-passages warning.
+eight modes, streaming, real async, batching, cancellation, isolation, the missing-passages warning.
 
 All generations are real (embedded SmolLM2-135M-Instruct on CPU) and go through LlamaIndex's
 own callback machinery.  `Settings.llm` is set to the HyCoLLM under test and restored after,
 so nothing can fall back to a hosted LLM.  One engine serves the whole process
 (:func:`hyco_rag.dyprag.testing.served_engine`: SmolLM2 with a "strong" random translator whose
 deltas visibly change the answer passage by passage, so the isolation checks can fail, and that
-never depends on the shipped translator); an engine without a translator uses a tiny random Llama.
+never depends on the shipped translator; with a random hybrid adapter for the ``hybrid`` modes);
+an engine without a translator uses a tiny random Llama.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 from pydantic import ValidationError
 
 from hyco_rag.dyprag import testing
-from hyco_rag.dyprag.testing import BANANA, EIFFEL, QUESTION, TESLA, strong_translator_dir, weights_digest
+from hyco_rag.dyprag.testing import BANANA, EIFFEL, QUESTION, SOFT_TOKENS, TESLA, strong_translator_dir, weights_digest
 from hyco_rag.engine import MODE_NAMES, Engine, SamplingParams
 from hyco_rag.engine.registry import engine_count
 from llama_index.core import Settings
@@ -142,7 +143,9 @@ def test_is_a_custom_llm_and_its_metadata_needs_no_weights() -> None:
 
 
 def test_bad_configuration_is_refused() -> None:
-    with pytest.raises(ValidationError, match="mode must be one of none, rag, hyco, dyprag, combine, combine-hyco"):
+    with pytest.raises(
+        ValidationError, match="mode must be one of none, rag, hyco, dyprag, combine, combine-hyco, hybrid, combine-hybrid"
+    ):
         HyCoLLM(mode="bogus")
     with pytest.raises(ValidationError, match="mode must be one of"):
         HyCoLLM(mode="combine_hyco")  # one spelling everywhere
@@ -178,13 +181,13 @@ def test_complete_answers_like_the_engine(engine: Engine, mode: str) -> None:
         core.completion.completion_tokens,
     )
     assert (stats["context_tokens"], stats["passage_tokens"]) == (core.request.context_tokens, core.request.passage_tokens)
-    assert (
-        stats["passages_injected"]
-        == core.request.passages_injected
-        == (2 if mode in ("dyprag", "combine", "combine-hyco") else 0)
-    )
+    deltas = mode in ("dyprag", "combine", "combine-hyco", "combine-hybrid")
+    assert stats["passages_injected"] == core.request.passages_injected == (2 if deltas else 0)
+    assert stats["delta_rank"] == core.request.delta_rank and (stats["delta_rank"] > 0) == deltas
+    soft = mode in ("hybrid", "combine-hybrid")
+    assert stats["soft_tokens"] == core.request.soft_tokens == (SOFT_TOKENS if soft else 0)
     assert stats["mode"] == mode and stats["finish_reason"] in ("stop", "length")
-    compressed = mode in ("hyco", "combine-hyco")
+    compressed = mode in ("hyco", "combine-hyco", "hybrid", "combine-hybrid")
     assert (0 < stats["context_tokens"] < stats["passage_tokens"]) == compressed
     assert response.raw["usage"]["total_tokens"] == core.completion.total_tokens
 
@@ -407,6 +410,44 @@ def test_compressing_modes_put_the_compressed_passages_in_the_prompt(engine: Eng
     assert combine["context_tokens"] == combine["passage_tokens"]  # combine places them uncompressed
 
 
+def test_hybrid_modes_report_their_soft_tokens_streamed_or_not(engine: Engine) -> None:
+    llm = HyCoLLM(engine=engine, max_new_tokens=MAX_TOKENS, compressor=FirstSentence(), mode="hybrid")
+    response = llm.complete(QUESTION, documents=[EIFFEL, TESLA])
+    stats = response.additional_kwargs
+    assert stats["mode"] == "hybrid" and stats["soft_tokens"] == SOFT_TOKENS and stats["passages_injected"] == 0
+    hyco = llm.complete(QUESTION, documents=[EIFFEL, TESLA], mode="hyco").additional_kwargs
+    assert stats["context_tokens"] == hyco["context_tokens"] + SOFT_TOKENS  # the same kept text, after the soft tokens
+    assert "soft" in stats["timings"] and "soft" not in hyco["timings"]
+    streamed = list(llm.stream_complete(QUESTION, documents=[EIFFEL, TESLA]))
+    assert streamed[-1].text == response.text and streamed[-1].additional_kwargs["soft_tokens"] == SOFT_TOKENS
+    combined = llm.chat([ChatMessage(role=MessageRole.USER, content=QUESTION)], documents=[EIFFEL], mode="combine-hybrid")
+    assert combined.additional_kwargs["soft_tokens"] == SOFT_TOKENS and combined.additional_kwargs["passages_injected"] == 1
+
+
+def test_hybrid_modes_need_the_core_prompt_of_a_binding(engine: Engine) -> None:
+    llm = HyCoLLM(engine=engine, max_new_tokens=MAX_TOKENS, compressor=FirstSentence(), mode="hybrid")
+    with pytest.raises(ValueError, match=r"mode 'hybrid' .* cannot keep the synthesizer's prompt.*use prompt='core'"):
+        DocumentBinding(QUESTION, (EIFFEL,), mode="hybrid", prompt="synthesizer")
+    prompt = f"Context information is below.\n---\n\n---\nQuery: {QUESTION}\nAnswer: "
+
+    def synthesizer_style() -> None:
+        bind_documents(QUESTION, [EIFFEL], prompt="synthesizer")  # no mode: the LLM's (hybrid) applies at call time
+        with pytest.raises(ValueError, match="mode 'hybrid' .*use prompt='core'"):
+            llm.complete(prompt)
+        with pytest.raises(ValueError, match="mode 'combine-hybrid' .*use prompt='core'"):
+            HyCoLLM(engine=engine, mode="dyprag").complete(prompt, mode="combine-hybrid")
+        kept = HyCoLLM(engine=engine, max_new_tokens=MAX_TOKENS, mode="dyprag").complete(prompt)  # others still keep it
+        assert kept.additional_kwargs["passages_injected"] == 1
+
+    def core_style() -> str:
+        bind_documents(QUESTION, [EIFFEL], mode="hybrid")
+        return llm.complete(prompt).text
+
+    contextvars.copy_context().run(synthesizer_style)
+    assert contextvars.copy_context().run(core_style) == llm.complete(QUESTION, documents=[EIFFEL]).text
+    assert engine_is_idle(engine)
+
+
 # --------------------------------------------------------------------------- no passages
 
 
@@ -457,13 +498,15 @@ def test_bad_input_is_named(llm: HyCoLLM, engine: Engine) -> None:
     assert engine_is_idle(engine)  # nothing was submitted
 
 
-def test_delta_modes_without_a_translator_say_what_is_missing(tiny_parts: tuple[Any, Any]) -> None:
+def test_modes_without_their_parts_say_what_is_missing(tiny_parts: tuple[Any, Any]) -> None:
     bare_engine = Engine(*tiny_parts, None)
     try:
         bare = HyCoLLM(engine=bare_engine, max_new_tokens=4)
         assert bare.complete(QUESTION, documents=[EIFFEL], mode="rag").additional_kwargs["completion_tokens"] >= 1
         with pytest.raises(ValueError, match="translator"):
             bare.complete(QUESTION, documents=[EIFFEL], mode="dyprag")
+        with pytest.raises(ValueError, match="'hybrid' and 'combine-hybrid' need a hybrid adapter"):
+            bare.complete(QUESTION, documents=[EIFFEL], mode="hybrid")  # none given, none shipped for it
     finally:
         bare_engine.close()
 

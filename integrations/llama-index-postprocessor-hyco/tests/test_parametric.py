@@ -5,7 +5,8 @@ conftest.py); the LLM is the real served SmolLM2-135M-Instruct, through the proc
 serving engine (:func:`hyco_rag.dyprag.testing.served_engine`).  `Settings.llm` stays the
 MockLLM of conftest.py: every engine here names its HyCoLLM explicitly.  The answering engine
 uses a "strong" random translator whose deltas visibly change the answer, so a lost, leaked or
-crossed passage changes the output and fails a test (and the shipped translator is never needed).
+crossed passage changes the output and fails a test (and the shipped translator is never needed);
+a random hybrid adapter serves the ``hybrid`` modes.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def test_one_output_node_per_input_with_identity_and_a_metadata_copy(index: Vect
         assert before.node.get_content(MetadataMode.NONE) == text and before.node.metadata == metadata  # input untouched
         record = after.node.metadata["dyprag"]
         assert record["mode"] == mode
-        assert record["in_deltas"] == (mode in ("dyprag", "combine", "combine-hyco"))
+        assert record["in_deltas"] == (mode in ("dyprag", "combine", "combine-hyco", "combine-hybrid"))
         assert record["in_context"] == (not emptied)
         assert {k: v for k, v in after.node.metadata.items() if k != "dyprag"} == metadata
         assert "dyprag" not in after.node.get_content(MetadataMode.LLM)
@@ -107,6 +108,24 @@ def test_configuration_is_checked() -> None:
         DyPRAGNodePostprocessor(mode="dyprag").postprocess_nodes([])
 
 
+def test_hybrid_modes_refuse_the_synthesizer_prompt(index: VectorStoreIndex, engine: Engine) -> None:
+    """Soft tokens go into the core QA prompt: ``prompt="synthesizer"`` (keep the synthesizer's
+    prompt) cannot carry them, and says so when built, or when binding if the LLM's mode changed."""
+    with pytest.raises(ValueError, match=r"mode 'hybrid' .*cannot keep the synthesizer's prompt.*use prompt='core'"):
+        DyPRAGNodePostprocessor(mode="hybrid", prompt="synthesizer")
+    hybrid_llm = HyCoLLM(engine=engine, mode="combine-hybrid")
+    with pytest.raises(ValueError, match="mode 'combine-hybrid' .*use prompt='core'"):
+        DyPRAGNodePostprocessor(hybrid_llm, prompt="synthesizer")
+    assert DyPRAGNodePostprocessor(hybrid_llm, mode="combine", prompt="synthesizer").effective_mode == "combine"
+    llm = HyCoLLM(engine=engine, mode="dyprag")
+    postprocessor = DyPRAGNodePostprocessor(llm, prompt="synthesizer")
+    llm.mode = "hybrid"  # changed after the postprocessor was built
+    nodes = index.as_retriever(similarity_top_k=TOP_K).retrieve(TESLA_Q)
+    with pytest.raises(ValueError, match="mode 'hybrid' .*use prompt='core'"):
+        postprocessor.postprocess_nodes(nodes, query_bundle=QueryBundle(TESLA_Q))
+    assert current_binding() is None  # nothing was bound
+
+
 # --------------------------------------------------------------------------- query engines
 
 
@@ -116,6 +135,27 @@ def test_query_engine_answers_with_that_querys_nodes(index: VectorStoreIndex, ll
     texts = passages(response)
     assert len(texts) == TOP_K
     assert str(response) == llm.complete(TESLA_Q, documents=texts, mode=mode).text
+
+
+class FirstSentence:
+    """A core-protocol compressor: keeps each passage's first sentence."""
+
+    def compress(self, query: str, documents: list[str], **budget: Any) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(texts=[d.split(". ")[0] + "." for d in documents])
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "combine-hybrid"])
+def test_a_hybrid_query_answers_with_soft_tokens_of_its_nodes(index: VectorStoreIndex, engine: Engine, mode: str) -> None:
+    llm = HyCoLLM(engine=engine, max_new_tokens=MAX_TOKENS, compressor=FirstSentence())
+    response = make_query_engine(index, llm, mode=mode).query(TESLA_Q)
+    texts = passages(response)
+    assert len(texts) == TOP_K and all(n.node.metadata["dyprag"]["in_context"] for n in response.source_nodes)
+    direct = llm.complete(TESLA_Q, documents=texts, mode=mode)
+    assert str(response) == direct.text
+    assert direct.additional_kwargs["soft_tokens"] == testing.SOFT_TOKENS
+    assert direct.additional_kwargs["passages_injected"] == (TOP_K if mode == "combine-hybrid" else 0)
 
 
 def test_dyprag_answer_comes_from_the_deltas(index: VectorStoreIndex, llm: HyCoLLM) -> None:

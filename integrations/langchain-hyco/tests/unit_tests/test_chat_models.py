@@ -1,11 +1,11 @@
-"""`langchain_hyco.ChatHyCo` as a thin client of the serving engine: documents per call, the six
+"""`langchain_hyco.ChatHyCo` as a thin client of the serving engine: documents per call, the eight
 modes, isolation, batching, async, streaming, stop sequences, cancellation.
 
 Everything runs the real served model (embedded SmolLM2-135M-Instruct, CPU) through real
 LangChain objects, on one engine for the whole process (:func:`hyco_rag.dyprag.testing.served_engine`:
 the registry's engine of SmolLM2 with a "strong" random translator whose deltas visibly change
 the answer, passage by passage, so that isolation checks can actually fail, and that never
-depends on the shipped translator).  Mechanics that need no real model (an engine without a
+depends on the shipped translator; with a random hybrid adapter for the ``hybrid`` modes).  Mechanics that need no real model (an engine without a
 translator) use a tiny random Llama.
 """
 
@@ -23,7 +23,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from pydantic import ValidationError
 
 from hyco_rag.dyprag import testing
-from hyco_rag.dyprag.testing import BANANA, EIFFEL, QUESTION, TESLA, strong_translator_dir, weights_digest
+from hyco_rag.dyprag.testing import BANANA, EIFFEL, QUESTION, SOFT_TOKENS, TESLA, strong_translator_dir, weights_digest
 from hyco_rag.engine import MODE_NAMES, Engine, SamplingParams
 from langchain_hyco import ChatHyCo, HyCoCompressor
 
@@ -110,7 +110,9 @@ def test_construction_is_lazy_and_validated() -> None:
 
     with pytest.raises(ModelNotFoundError, match="nonexistent"):
         chat.invoke("hi")
-    with pytest.raises(ValidationError, match="mode must be one of none, rag, hyco, dyprag, combine, combine-hyco"):
+    with pytest.raises(
+        ValidationError, match="mode must be one of none, rag, hyco, dyprag, combine, combine-hyco, hybrid, combine-hybrid"
+    ):
         ChatHyCo(mode="bogus")
     with pytest.raises(ValidationError, match="mode must be one of"):
         ChatHyCo(mode="combine_hyco")  # one spelling everywhere
@@ -155,12 +157,13 @@ def test_each_mode_answers_like_the_engine(engine: Engine, mode: str) -> None:
     assert meta["mode"] == mode
     assert meta["context_tokens"] == core.request.context_tokens
     assert meta["passage_tokens"] == core.request.passage_tokens > 0
-    assert (
-        meta["passages_injected"] == core.request.passages_injected == (2 if mode in ("dyprag", "combine", "combine-hyco") else 0)
-    )
-    assert meta["delta_rank"] == core.request.delta_rank
+    deltas = mode in ("dyprag", "combine", "combine-hyco", "combine-hybrid")
+    assert meta["passages_injected"] == core.request.passages_injected == (2 if deltas else 0)
+    assert meta["delta_rank"] == core.request.delta_rank and (meta["delta_rank"] > 0) == deltas
+    soft = mode in ("hybrid", "combine-hybrid")
+    assert meta["soft_tokens"] == core.request.soft_tokens == (SOFT_TOKENS if soft else 0)
     assert (meta["context_tokens"] > 0) == (mode not in ("none", "dyprag"))
-    compressed = mode in ("hyco", "combine-hyco")
+    compressed = mode in ("hyco", "combine-hyco", "hybrid", "combine-hybrid")
     assert (0 < meta["context_tokens"] < meta["passage_tokens"]) == compressed
     assert ("compress" in meta["timings"]) == compressed
     assert meta["model_name"] == DEFAULT_NAME and meta["finish_reason"] in ("stop", "length")
@@ -440,6 +443,30 @@ def test_a_langchain_document_compressor_serves_combine_hyco(engine: Engine, hyc
     assert meta["passages_injected"] == 2 and "compress" in meta["timings"]
 
 
+@pytest.mark.parametrize("mode", ["hybrid", "combine-hybrid"])
+def test_hybrid_answers_carry_the_adapters_soft_tokens(engine: Engine, mode: str) -> None:
+    compressor = FirstSentence()
+    chat = make_chat(engine, mode=mode, compressor=compressor)
+    message = chat.invoke(QUESTION, documents=[EIFFEL, TESLA])
+    meta = message.response_metadata
+    assert meta["mode"] == mode and meta["soft_tokens"] == SOFT_TOKENS
+    # One budget: the soft tokens count in it, the compressor gets the rest.
+    budget = round(engine.config.compression_rate * meta["passage_tokens"])
+    assert compressor.budgets[-1] == {"target_tokens": budget - SOFT_TOKENS}
+    hyco = chat.invoke(QUESTION, documents=[EIFFEL, TESLA], mode="hyco").response_metadata
+    assert meta["context_tokens"] == hyco["context_tokens"] + SOFT_TOKENS < meta["passage_tokens"]  # same kept text
+    assert "soft" in meta["timings"] and "compress" in meta["timings"]
+    assert meta["passages_injected"] == (2 if mode == "combine-hybrid" else 0)
+    assert (meta["delta_rank"] > 0) == (mode == "combine-hybrid")
+    request = chat._prepare([HumanMessage(QUESTION)], {"documents": [EIFFEL, TESLA]})
+    assert request.soft_embeds is not None
+    assert tuple(request.soft_embeds.shape) == (SOFT_TOKENS, engine.model.config.hidden_size)
+    assert "wrought-iron" in request.prompt and "1887 to 1889" not in request.prompt  # the kept text, compressed
+    chunks = list(chat.stream(QUESTION, documents=[EIFFEL, TESLA]))
+    assert "".join(str(c.content) for c in chunks) == message.content
+    assert chunks[-1].response_metadata["soft_tokens"] == SOFT_TOKENS
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -469,7 +496,7 @@ def test_bad_input_is_named(engine: Engine) -> None:
     assert engine_is_idle(engine)  # nothing was submitted
 
 
-def test_delta_modes_without_a_translator_say_what_is_missing(tiny_parts: tuple[Any, Any]) -> None:
+def test_modes_without_their_parts_say_what_is_missing(tiny_parts: tuple[Any, Any]) -> None:
     bare = Engine(*tiny_parts, None)
     try:
         chat = ChatHyCo(engine=bare, max_tokens=4)
@@ -477,6 +504,8 @@ def test_delta_modes_without_a_translator_say_what_is_missing(tiny_parts: tuple[
         assert answer.usage_metadata["output_tokens"] >= 1
         with pytest.raises(ValueError, match="translator"):
             chat.invoke(QUESTION, documents=[EIFFEL], mode="dyprag")
+        with pytest.raises(ValueError, match="'hybrid' and 'combine-hybrid' need a hybrid adapter"):
+            chat.invoke(QUESTION, documents=[EIFFEL], mode="hybrid")  # none given, none shipped for this model
         with pytest.raises(ValueError, match="cannot switch to model"):
             chat.invoke(QUESTION, model="smollm2")
         assert wait_until(lambda: bare.running == 0)

@@ -20,14 +20,17 @@ with the core QA template, as :meth:`Engine.answer` words it (the prompt the tra
 trained with).  Modes (:class:`hyco_rag.engine.Mode`, one spelling everywhere): ``none``
 ignores the passages, ``rag`` puts them in the prompt, ``hyco`` puts them in compressed,
 ``dyprag`` turns them into deltas only, ``combine`` does both, ``combine-hyco`` does both with
-the prompt copy compressed (``compressor``, else the engine's HyCo compressor).
+the prompt copy compressed (``compressor``, else the engine's HyCo compressor), ``hybrid`` puts
+the engine's hybrid-adapter soft tokens then the compressed text in the prompt (one budget, the
+soft tokens count), ``combine-hybrid`` adds the deltas to that.  The soft tokens need the core
+QA prompt: a binding with ``prompt="synthesizer"`` cannot serve the hybrid modes.
 
 The default mode is ``combine``, which needs passages.  A generation in a passage-using mode
-(``hyco``, ``dyprag``, ``combine``, ``combine-hyco``) that gets none (no ``documents=``, no
-binding: typically a query engine without ``DyPRAGNodePostprocessor``) answers as a plain
-chat model over its prompt and says so once per `HyCoLLM` with a :class:`PassagesMissingWarning`
-(and in ``additional_kwargs["mode"]``, which is then ``None``), instead of silently pretending
-to be DyPRAG.
+(``hyco``, ``dyprag``, ``combine``, ``combine-hyco``, ``hybrid``, ``combine-hybrid``) that gets
+none (no ``documents=``, no binding: typically a query engine without
+``DyPRAGNodePostprocessor``) answers as a plain chat model over its prompt and says so once per
+`HyCoLLM` with a :class:`PassagesMissingWarning` (and in ``additional_kwargs["mode"]``, which is
+then ``None``), instead of silently pretending to be DyPRAG.
 
 The engine is resolved on first use through :func:`hyco_rag.engine.get_engine` (loaded once per
 model / translator / device, shared by every `HyCoLLM` and LangChain ``ChatHyCo``); importing
@@ -111,7 +114,8 @@ class DocumentBinding:
         mode: the mode for these generations (``None``: the LLM's own).
         prompt: ``"core"`` answers with the core QA prompt built from ``query`` and the passages
             (the synthesizer's prompt is replaced); ``"synthesizer"`` keeps the response
-            synthesizer's prompt and only adds the deltas.
+            synthesizer's prompt and only adds the deltas (not with the hybrid modes, whose
+            soft tokens go into the core prompt).
     """
 
     query: str
@@ -126,6 +130,8 @@ class DocumentBinding:
             object.__setattr__(self, "mode", Mode.parse(self.mode).value)
         if self.prompt not in PROMPT_STYLES:
             raise ValueError(f"prompt must be one of {PROMPT_STYLES}, got {self.prompt!r}")
+        if self.mode is not None:
+            check_prompt_style(Mode.parse(self.mode), self.prompt)
 
     def matches(self, text: str) -> bool:
         """Whether ``text`` (a prompt, or a chat's messages) asks exactly this query.
@@ -141,6 +147,16 @@ class DocumentBinding:
         label = r"(?:[^\S\n]*[\w ()'-]{1,40}:)?"
         pattern = r"(?:^|\n)" + label + r"\s*" + r"\s+".join(map(re.escape, query.split())) + r"[^\S\n]*(?:\n|$)"
         return re.search(pattern, text) is not None
+
+
+def check_prompt_style(mode: Mode, prompt: str) -> None:
+    """Refuse ``prompt="synthesizer"`` with a mode that places soft tokens: they are written into
+    the core QA prompt, and the synthesizer's prompt is kept as it is (``keep_prompt``)."""
+    if prompt == "synthesizer" and mode.uses_soft_tokens:
+        raise ValueError(
+            f"mode {mode.value!r} places the hybrid adapter's soft tokens in the core QA prompt, so it cannot keep the "
+            "synthesizer's prompt (prompt='synthesizer'); use prompt='core'"
+        )
 
 
 _BINDING: contextvars.ContextVar[DocumentBinding | None] = contextvars.ContextVar("hyco_dyprag_documents", default=None)
@@ -426,14 +442,17 @@ class HyCoLLM(CustomLLM):
         ```
 
     Every response carries its cost in ``additional_kwargs`` (``PreparedRequest.stats``: mode,
-    passages injected, context and passage tokens, delta rank, prompt/completion tokens,
+    passages injected, context, passage and soft tokens, delta rank, prompt/completion tokens,
     timings, plus ``finish_reason``) and OpenAI-style ``raw["usage"]``, which LlamaIndex's
     ``TokenCountingHandler`` reads.
     """
 
     model: str = Field(default=DEFAULT_MODEL, description="HF id, local folder, .gguf file or alias of the served causal LM.")
     translator: str | None = Field(default=None, description="Folder of a saved ParameterTranslator; None = the shipped one.")
-    mode: str = Field(default="combine", description="Default mode: none, rag, hyco, dyprag, combine or combine-hyco.")
+    mode: str = Field(
+        default="combine",
+        description="Default mode: none, rag, hyco, dyprag, combine, combine-hyco, hybrid or combine-hybrid.",
+    )
     max_new_tokens: int = Field(default=64, ge=1, description="Most tokens generated per answer.")
     temperature: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="0 = greedy (deterministic); above 0 samples.")
     stop: list[str] | None = Field(default=None, description="Text at which an answer ends (not included), e.g. ['\\n'].")
@@ -442,7 +461,7 @@ class HyCoLLM(CustomLLM):
     compressor: Any | None = Field(
         default=None,
         exclude=True,
-        description="Core compressor (.compress(query, documents).texts) for the hyco and combine-hyco modes.",
+        description="Core compressor (.compress(query, documents).texts) for the compressing (hyco, hybrid) modes.",
     )
     engine: Any | None = Field(
         default=None, exclude=True, description="A ready hyco_rag.engine.Engine to serve instead of loading model/translator."
@@ -544,6 +563,8 @@ class HyCoLLM(CustomLLM):
     ) -> _Call:
         if documents is not None and binding is None and raw_prompt is not None:
             raise ValueError("documents need the question itself: call complete(question, formatted=False)")
+        if binding is not None:
+            check_prompt_style(mode, binding.prompt)  # the mode may come from this call or the LLM
         if binding is not None and binding.prompt == "core":
             messages, raw_prompt = [], None  # the core QA prompt built from the bound query replaces the synthesizer's
         compressor = _as_core_compressor(self.compressor) if self.compressor is not None and mode.compresses else None

@@ -12,16 +12,19 @@ other's passages, and a later query or call on a reused thread never sees an old
 
 What the synthesizer then gets, per mode (:class:`hyco_rag.engine.Mode`):
 
-================  ==================================================  ======================
-mode              nodes handed on                                     deltas of the answer
-================  ==================================================  ======================
-``none``          text emptied (closed book)                          no
-``rag``           unchanged text                                      no
-``hyco``          unchanged text (compressed in the core prompt)      no
-``dyprag``        text emptied: no passage token reaches the prompt   from the nodes' text
-``combine``       unchanged text                                      from the nodes' text
-``combine-hyco``  unchanged text (compressed in the core prompt)      from the nodes' text
-================  ==================================================  ======================
+==================  ==================================================  ======================
+mode                nodes handed on                                     deltas of the answer
+==================  ==================================================  ======================
+``none``            text emptied (closed book)                          no
+``rag``             unchanged text                                      no
+``hyco``            unchanged text (compressed in the core prompt)      no
+``dyprag``          text emptied: no passage token reaches the prompt   from the nodes' text
+``combine``         unchanged text                                      from the nodes' text
+``combine-hyco``    unchanged text (compressed in the core prompt)      from the nodes' text
+``hybrid``          unchanged text (soft tokens + compressed text in    no
+                    the core prompt)
+``combine-hybrid``  unchanged text (as ``hybrid``)                      from the nodes' text
+==================  ==================================================  ======================
 
 One output node per input node, with its ``id_``, ``score`` and relationships and a *copy* of
 its metadata plus ``metadata["dyprag"]`` (mode, whether the text went to deltas / context, and
@@ -33,7 +36,9 @@ LLM, so the context really is empty.
 :meth:`hyco_rag.engine.Engine.answer` does (the wording the translator was trained with; the
 synthesizer's template is not used; ``hyco`` modes compress the passages there).
 ``prompt="synthesizer"`` keeps the synthesizer's prompt and templates and only adds the deltas
-(compress its context with ``HyCoNodePostprocessor`` then).
+(compress its context with ``HyCoNodePostprocessor`` then); the ``hybrid`` modes need the core
+prompt (their soft tokens are placed in it), so they refuse ``prompt="synthesizer"`` with a
+``ValueError``: when the postprocessor is built if the mode is known then, else when it binds.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from llama_index.core.bridge.pydantic import Field, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, Node, NodeWithScore, QueryBundle, TextNode
 from llama_index.llms.hyco import HyCoLLM, bind_documents
-from llama_index.llms.hyco.base import PROMPT_STYLES, _install_query_scopes
+from llama_index.llms.hyco.base import PROMPT_STYLES, _install_query_scopes, check_prompt_style
 from llama_index.postprocessor.hyco.base import _with_key
 
 logger = logging.getLogger(__name__)
@@ -85,8 +90,11 @@ class DyPRAGNodePostprocessor(BaseNodePostprocessor):
     """
 
     llm: Any = Field(default=None, exclude=True, description="The HyCoLLM that answers (gives the default mode).")
-    mode: str | None = Field(default=None, description="none, rag, hyco, dyprag, combine or combine-hyco; None: the LLM's mode.")
-    prompt: str = Field(default="core", description="'core' QA prompt, or keep the 'synthesizer' prompt.")
+    mode: str | None = Field(
+        default=None,
+        description="none, rag, hyco, dyprag, combine, combine-hyco, hybrid or combine-hybrid; None: the LLM's mode.",
+    )
+    prompt: str = Field(default="core", description="'core' QA prompt, or keep the 'synthesizer' prompt (not with hybrid modes).")
     metadata_key: str = Field(default="dyprag", min_length=1, description="Metadata key of the per-node record.")
 
     def __init__(self, llm: Any = None, **kwargs: Any) -> None:
@@ -105,6 +113,8 @@ class DyPRAGNodePostprocessor(BaseNodePostprocessor):
             self.mode = Mode.parse(self.mode).value
         if self.prompt not in PROMPT_STYLES:
             raise ValueError(f"prompt must be one of {PROMPT_STYLES}, got {self.prompt!r}")
+        # The LLM's mode may still change before a query: it is checked again when binding.
+        check_prompt_style(Mode.parse(self.effective_mode), self.prompt)
         return self
 
     @classmethod
@@ -124,7 +134,8 @@ class DyPRAGNodePostprocessor(BaseNodePostprocessor):
         chosen = Mode.parse(mode)
         texts = [_passage_text(n.node) for n in nodes]
         # Ends with the query (see the module docstring); a direct call outside a query engine
-        # leaves it in force in this context until the next query starts.
+        # leaves it in force in this context until the next query starts.  The binding refuses
+        # a hybrid mode with prompt="synthesizer" (the LLM's mode may have changed since).
         bind_documents(query_bundle.query_str, [t for t in texts if t.strip()], mode=mode, prompt=self.prompt)
         key = self.metadata_key
         out = []
