@@ -10,7 +10,7 @@ from hyco_rag.cli import build_parser, main
 from hyco_rag.cli import serve as serve_cli
 from hyco_rag.distributed import DeploymentOptions, RayServeConfig
 
-SERVE_YAML = Path(__file__).resolve().parents[2] / "examples" / "ray" / "serve.yaml"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ray"
 
 
 def test_deployment_options_become_serve_options():
@@ -53,9 +53,10 @@ def test_serve_ray_options_and_their_errors(capsys):
     assert "--num-cpus must be > 0" in capsys.readouterr().err
 
 
-def test_serve_yaml_builds_the_application():
+@pytest.mark.parametrize("name", ["serve.yaml", "serve-cpu.yaml"])
+def test_serve_yaml_builds_the_application(name):
     yaml = pytest.importorskip("yaml", reason="PyYAML (a Ray dependency) is needed to read serve.yaml")
-    document = yaml.safe_load(SERVE_YAML.read_text(encoding="utf-8"))
+    document = yaml.safe_load((EXAMPLES / name).read_text(encoding="utf-8"))
     (application,) = document["applications"]
     assert application["import_path"] == "hyco_rag.distributed.serve:build_app"
     config = RayServeConfig.from_dict(application["args"])
