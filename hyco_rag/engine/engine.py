@@ -379,21 +379,21 @@ class Engine:
 
     def soft_tokens(self, question: str, passages: Sequence[str], *, branch: str | None = None) -> torch.Tensor:
         """``[k, hidden]`` soft tokens of ``passages`` for ``question`` (on the job thread:
-        it runs the served model)."""
-        hybrid = self.hybrid
+        it runs the served model; concurrent requests' soft tokens share its calls)."""
+        self.hybrid  # noqa: B018 - load (or refuse) in the caller's thread, not on the job thread
+        return self._worker.run_batched([(question, tuple(passages), branch)], self._make_soft_tokens)[0]  # type: ignore[no-any-return]
 
-        def make(items: list[tuple[str, tuple[str, ...], str | None]]) -> list[torch.Tensor]:
-            groups: dict[str | None, list[int]] = {}
-            for i, (_, _, chosen) in enumerate(items):
-                groups.setdefault(chosen, []).append(i)
-            out: list[torch.Tensor] = [torch.empty(0)] * len(items)
-            for chosen, indices in groups.items():
-                made = hybrid.soft_tokens([items[i][0] for i in indices], [list(items[i][1]) for i in indices], branch=chosen)
-                for i, soft in zip(indices, made):
-                    out[i] = soft
-            return out
-
-        return self._worker.run_batched([(question, tuple(passages), branch)], make)[0]  # type: ignore[no-any-return]
+    def _make_soft_tokens(self, items: list[tuple[str, tuple[str, ...], str | None]]) -> list[torch.Tensor]:
+        """Soft tokens of ``(question, passages, branch)`` items, one adapter call per branch."""
+        groups: dict[str | None, list[int]] = {}
+        for i, (_, _, branch) in enumerate(items):
+            groups.setdefault(branch, []).append(i)
+        out: list[torch.Tensor] = [torch.empty(0)] * len(items)
+        for branch, indices in groups.items():
+            made = self.hybrid.soft_tokens([items[i][0] for i in indices], [list(items[i][1]) for i in indices], branch=branch)
+            for i, soft in zip(indices, made):
+                out[i] = soft
+        return out
 
     # ------------------------------------------------------------------ preparing
 

@@ -137,3 +137,39 @@ def test_hybrid_misuse_is_refused(engine, parts):
             bare.ask(QUESTION, PASSAGES, mode="hybrid")
     finally:
         bare.close()
+
+
+def test_concurrent_requests_share_the_adapters_calls(engine):
+    import threading
+    import time
+
+    context = engine.hybrid
+    original = context.soft_tokens
+    calls = []
+
+    def counted(questions, passages, **kwargs):
+        calls.append(len(questions))
+        if len(calls) == 1:
+            time.sleep(0.5)  # the others queue meanwhile
+        return original(questions, passages, **kwargs)
+
+    questions = [f"Question {i}?" for i in range(5)]
+    alone = [engine.soft_tokens(q, PASSAGES) for q in questions]
+    calls.clear()
+    context.soft_tokens = counted
+    try:
+        got: dict[int, torch.Tensor] = {}
+        threads = [
+            threading.Thread(target=lambda i=i: got.__setitem__(i, engine.soft_tokens(questions[i], PASSAGES))) for i in range(5)
+        ]
+        threads[0].start()
+        time.sleep(0.1)
+        for thread in threads[1:]:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        del context.soft_tokens
+    assert sum(calls) == 5 and len(calls) < 5  # waiting requests were merged into shared calls
+    for i in range(5):
+        assert torch.allclose(got[i], alone[i], atol=1e-5)
