@@ -48,7 +48,7 @@ def _setup(args: argparse.Namespace):
 
 def add_prag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=DEFAULT_PAIRS, help="folder for the pairs (manifest.json + shards)")
-    parser.add_argument("--passages", type=int, default=72, help="training passages (SQuAD cs224n v2.0 paragraphs)")
+    parser.add_argument("--passages", type=int, default=72, help="training passages (SQuAD v1.1 train paragraphs)")
     parser.add_argument("--offset", type=int, default=0, help="skip this many (shuffled) passages first")
     parser.add_argument("--group-size", type=int, default=8, help="passages whose LoRAs train together")
     parser.add_argument("--steps", type=int, default=3, help="optimiser steps per passage and epoch")

@@ -3,8 +3,8 @@
 from hyco_rag.data.demo import DemoQuestion, load_demo_corpus, load_demo_questions
 from hyco_rag.data.loaders import (
     LOADERS,
+    SQUAD_CS224N_DEV_PARAGRAPHS,
     SQUAD_DEV,
-    SQUAD_TRAIN,
     SquadParagraph,
     load_2wikimultihopqa,
     load_corpus,
@@ -21,7 +21,7 @@ from hyco_rag.data.schema import AnswerSpan, Passage, QAExample
 __all__ = [
     "LOADERS",
     "SQUAD_DEV",
-    "SQUAD_TRAIN",
+    "SQUAD_CS224N_DEV_PARAGRAPHS",
     "AnswerSpan",
     "DataNotFoundError",
     "DemoQuestion",

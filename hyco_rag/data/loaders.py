@@ -19,7 +19,10 @@ from hyco_rag.data.paths import data_file
 from hyco_rag.data.schema import AnswerSpan, Passage, QAExample
 
 SQUAD_DEV = "squad/dev-v1.1.json"
-SQUAD_TRAIN = ("squad/cs224n-dev-v2.0.json", "squad/cs224n-test-v2.0.json")
+#: The cs224n SQuAD v2.0 re-split.  NOT training data: its paragraphs ARE SQuAD v1.1 dev paragraphs
+#: (646/646 and 558/570), so anything trained on them and scored on v1.1 dev is contaminated.
+#: Train on ``squad-train-extra/train-v1.1-explorer.json`` (SQuAD v1.1 train).
+SQUAD_CS224N_DEV_PARAGRAPHS = ("squad/cs224n-dev-v2.0.json", "squad/cs224n-test-v2.0.json")
 HOTPOTQA = "hotpotqa-train/hotpotqa_train.json"
 MUSIQUE = "musique-train/musique_train.json"
 TWOWIKI = "2wikimultihopqa/train-500-with-context.json"

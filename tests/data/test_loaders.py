@@ -35,12 +35,12 @@ def test_squad_gold_plus_same_article_distractors(shared_data):
     assert [e.gold for e in again] == [e.gold for e in examples]
 
 
-def test_squad_v2_training_files_skip_unanswerable(shared_data):
-    from hyco_rag.data import SQUAD_TRAIN
+def test_squad_v2_files_skip_unanswerable(shared_data):
+    from hyco_rag.data import SQUAD_CS224N_DEV_PARAGRAPHS
 
-    examples = load_squad(SQUAD_TRAIN[0], num_distractors=2, limit=200)
+    examples = load_squad(SQUAD_CS224N_DEV_PARAGRAPHS[0], num_distractors=2, limit=200)
     assert all(example.answers for example in examples)
-    paragraph = next(squad_paragraphs(SQUAD_TRAIN[0]))
+    paragraph = next(squad_paragraphs(SQUAD_CS224N_DEV_PARAGRAPHS[0]))
     assert paragraph.context and all(answers for _, answers in paragraph.questions)
 
 
