@@ -11,6 +11,8 @@
 #                       so it is called through run_gpu_section() (hyco_rag.evaluation.parametric)
 #   compressor_cuda     benchmarks/compressor_throughput.py --device cuda (needs the shared SQuAD data)
 #   serve_load_8b       benchmarks/serve_load.py --gpu-8b-shape (serve load at the 8B-shaped random-weights config)
+# Opt-in (GPU_SUITE_STEPS=hybrid_qa; outside the 8 minutes):
+#   hybrid_qa           benchmarks/hybrid_qa.py --device cuda (the hybrid view vs its parts and controls, SmolLM2)
 #
 # Exit status: 0 when every step passed, 1 when any failed (or timed out), 2 without a GPU.
 # A summary (per step: command, exit status, seconds, log file) goes to
@@ -72,6 +74,8 @@ COMMANDS[compressor_cuda]="$PYTHON benchmarks/compressor_throughput.py --device 
 TIMEOUTS[compressor_cuda]="${COMPRESSOR_CUDA_TIMEOUT:-120}"
 COMMANDS[serve_load_8b]="$PYTHON benchmarks/serve_load.py --gpu-8b-shape"
 TIMEOUTS[serve_load_8b]="${SERVE_LOAD_8B_TIMEOUT:-150}"
+COMMANDS[hybrid_qa]="$PYTHON benchmarks/hybrid_qa.py --device cuda --ablation-questions 0"
+TIMEOUTS[hybrid_qa]="${HYBRID_QA_TIMEOUT:-300}"
 
 SELECTED=("${STEP_NAMES[@]}")
 if [[ -n "${GPU_SUITE_STEPS:-}" ]]; then
