@@ -282,4 +282,3 @@ def _train_files(args: argparse.Namespace) -> list[str]:
             for path, (start, stop) in split["train"]
         ]
     return files
-
