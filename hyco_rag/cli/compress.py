@@ -95,10 +95,14 @@ def compress_options(args: argparse.Namespace) -> dict[str, Any]:
         options["target_tokenizer"] = args.target_tokenizer
     if args.min_tokens_per_passage:
         options["min_tokens_per_passage"] = args.min_tokens_per_passage
+    if args.hops != 1:
+        options["hops"] = args.hops
     # Validate the budget before loading the model, so a typo fails in milliseconds.
     from hyco_rag.compression.budget import resolve_budget
+    from hyco_rag.compression.chain import validate_hops
 
     resolve_budget(args.rate, args.target_tokens, args.threshold, 0.5)
+    validate_hops(args.hops)
     return options
 
 
@@ -163,6 +167,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=None, help="compressor folder (save_pretrained); default: shipped weights")
     parser.add_argument("--target-tokenizer", default=None, help="count tokens with this LLM tokenizer (name or folder)")
     parser.add_argument("--min-tokens-per-passage", type=int, default=0, help="per-passage floor")
+    parser.add_argument(
+        "--hops", type=int, default=1, help="evidence-chain hops for multi-hop questions (one scoring pass each; 1: single pass)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="lines scored together in one batch")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")

@@ -24,7 +24,7 @@ __all__ = ["BUDGETS", "OPTIONS", "LazyCompressor", "check_adapter_options", "com
 #: At most one of these picks the budget of a call.
 BUDGETS = ("rate", "target_tokens", "threshold")
 #: The keyword options an adapter forwards to ``HyCoCompressor.compress`` / ``acompress``.
-OPTIONS = (*BUDGETS, "target_tokenizer", "min_tokens_per_passage", "drop_empty", "reorder", "force_tokens")
+OPTIONS = (*BUDGETS, "target_tokenizer", "min_tokens_per_passage", "drop_empty", "reorder", "force_tokens", "hops")
 
 
 def reject_boolean(value: Any, name: str) -> Any:

@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from hyco_rag.compression.budget import (
     select_units,
     validate_floor,
 )
+from hyco_rag.compression.chain import Evidence, cover, hop_query, merge_hop, next_evidence, validate_hops
 from hyco_rag.compression.config import CONFIG_NAME, WEIGHTS_NAME, CompressorConfig
 from hyco_rag.compression.counting import TokenCounter, counter_for
 from hyco_rag.compression.features import (
@@ -100,6 +101,7 @@ class _Request:
     reorder: bool
     force_tokens: tuple[str, ...]
     counter: TokenCounter
+    hops: int = 1
     started: float = field(default_factory=time.perf_counter)
     views: list[DocumentView] = field(default_factory=list)
     unit_tokens: list[np.ndarray] = field(default_factory=list)
@@ -240,13 +242,16 @@ class HyCoCompressor:
         drop_empty: bool = True,
         reorder: bool = False,
         force_tokens: Sequence[str] = (),
+        hops: int = 1,
     ) -> CompressionResult:
         """Compress ``documents`` for ``query``; one :class:`CompressedPassage` per document.
 
         At most one of ``rate`` (kept share of tokens, in (0, 1]), ``target_tokens`` (one
         budget over all documents) or ``threshold`` (keep probability in [0, 1]); none given
         uses the config's default rate. Tokens are counted with ``target_tokenizer`` (a name or
-        tokenizer) when given, else with the encoder's tokenizer.
+        tokenizer) when given, else with the encoder's tokenizer. ``hops`` > 1 follows an
+        evidence chain (:mod:`hyco_rag.compression.chain`): each further hop rescores the
+        passages for the question plus what the previous hops found, one scoring pass each.
         """
         request = self._request(
             query,
@@ -259,6 +264,7 @@ class HyCoCompressor:
             drop_empty,
             reorder,
             force_tokens,
+            hops,
         )
         return self._run([request])[0]
 
@@ -305,13 +311,14 @@ class HyCoCompressor:
         drop_empty: bool = True,
         reorder: bool = False,
         force_tokens: Sequence[str] = (),
+        hops: int = 1,
     ) -> _Request:
         docs = _check_text_inputs(query, documents)
         budget = resolve_budget(rate, target_tokens, threshold, self.config.default_rate)
         floor = validate_floor(min_tokens_per_passage)
         forced = _check_force_tokens(force_tokens)
         counter = counter_for(target_tokenizer, self.tokenizer, self.config.encoder)
-        return _Request(query, docs, budget, floor, bool(drop_empty), bool(reorder), forced, counter)
+        return _Request(query, docs, budget, floor, bool(drop_empty), bool(reorder), forced, counter, validate_hops(hops))
 
     def _prepare(self, requests: list[_Request]) -> list[Chunk]:
         chunks: list[Chunk] = []
@@ -319,11 +326,11 @@ class HyCoCompressor:
             if not request.query.strip() and request.documents:
                 logger.info("empty query: scoring is query-agnostic")
             query_ids = encode_query(self.tokenizer, request.query, self.config.max_query_tokens)
-            request.views, request.unit_tokens, request.chunks = [], [], []
-            for d, text in enumerate(request.documents):
-                view = document_view(self.tokenizer, text, request.force_tokens)
-                request.views.append(view)
-                request.unit_tokens.append(request.counter.unit_counts(view.seg))
+            if not request.views:  # a later hop reuses its request's views
+                request.views = [document_view(self.tokenizer, text, request.force_tokens) for text in request.documents]
+                request.unit_tokens = [request.counter.unit_counts(view.seg) for view in request.views]
+            request.chunks = []
+            for d, view in enumerate(request.views):
                 doc_chunks = build_chunks(r, d, view, query_ids, self.template, self.config.max_length, self.config.chunk_overlap)
                 request.chunks.extend(doc_chunks)
             add_lexical_features(request.chunks, query_ids, self.template.content)
@@ -332,11 +339,54 @@ class HyCoCompressor:
         return chunks
 
     def _run(self, requests: list[_Request]) -> list[CompressionResult]:
+        for request in requests:
+            request.views = []
+        scores, scored_tokens = self._scores(requests)
+        chains = self._follow_chains(requests, scores, scored_tokens)
+        return [self._assemble(request, scores[r], scored_tokens[r], chains.get(r)) for r, request in enumerate(requests)]
+
+    def _scores(self, requests: list[_Request]) -> tuple[list[list[_DocScores]], list[int]]:
+        """One scoring pass: per request, per document scores and the fine-scored token count."""
         chunks = self._prepare(requests)
         with self._lock, torch.inference_mode():
             raw = self._score(requests, chunks)
-        scores = self._aggregate(requests, chunks, raw)
-        return [self._assemble(request, scores[r], raw.scored_tokens[r]) for r, request in enumerate(requests)]
+        return self._aggregate(requests, chunks, raw), raw.scored_tokens
+
+    def _follow_chains(
+        self, requests: list[_Request], scores: list[list[_DocScores]], scored_tokens: list[int]
+    ) -> dict[int, list[Evidence]]:
+        """Further hops of the requests with ``hops`` > 1 (:mod:`hyco_rag.compression.chain`).
+
+        Requests at the same hop are rescored together in one batched pass; ``scores`` and
+        ``scored_tokens`` are updated in place.
+        """
+        chains: dict[int, list[Evidence]] = {r: [] for r, request in enumerate(requests) if request.hops > 1}
+        pending = {r: scores[r] for r in chains}  # the scores the next evidence is read from
+        for hop in range(max((request.hops for request in requests), default=1)):
+            active = []
+            for r, hop_scores in list(pending.items()):
+                del pending[r]
+                request = requests[r]
+                segs = [view.seg for view in request.views]
+                evidence = next_evidence(hop, request.query, segs, hop_scores, chains[r])
+                if evidence is None:
+                    continue
+                chains[r].append(evidence)
+                if hop + 1 < request.hops and evidence.bridge_terms and len(chains[r]) < len(request.documents):
+                    active.append(r)
+            if not active:
+                break
+            followers = [
+                replace(requests[r], query=hop_query(requests[r].query, chains[r]), chunks=[], query_ids=[]) for r in active
+            ]
+            rescored, tokens = self._scores(followers)
+            for r, per_doc, count in zip(active, rescored, tokens):
+                merge_hop(scores[r], per_doc)
+                scored_tokens[r] += count
+                pending[r] = per_doc
+        for r, chain in chains.items():
+            cover(scores[r], [view.seg for view in requests[r].views], chain)
+        return chains
 
     def _compress_at_rates(
         self,
@@ -585,7 +635,9 @@ class HyCoCompressor:
             out.append(docs)
         return out
 
-    def _assemble(self, request: _Request, scores: list[_DocScores], scored_tokens: int) -> CompressionResult:
+    def _assemble(
+        self, request: _Request, scores: list[_DocScores], scored_tokens: int, chain: list[Evidence] | None = None
+    ) -> CompressionResult:
         views = request.views
         granularity = self.config.granularity
         selection_inputs = [
@@ -630,6 +682,7 @@ class HyCoCompressor:
             logger.warning(message)
             warnings.warn(message, UserWarning, stacklevel=4)
             warning = message
+        evidence_hop = {e.doc: e.hop + 1 for e in chain or ()}
         passages = []
         for d, ((text, spans), count) in enumerate(zip(joined, counts)):
             original = originals[d]
@@ -644,6 +697,7 @@ class HyCoCompressor:
                     relevance=float(scores[d].relevance),
                     kept_spans=spans,
                     dropped=dropped,
+                    evidence_hop=evidence_hop.get(d),
                 )
             )
         if request.reorder:
@@ -663,6 +717,11 @@ class HyCoCompressor:
             "encoder_tokens": encoder_total,
             "fine_scored_tokens": scored_tokens,
         }
+        if chain is not None:
+            stats["hops"] = request.hops
+            stats["evidence"] = [
+                {"hop": e.hop + 1, "passage": e.doc, "sentence": e.text, "bridge_terms": list(e.bridge_terms)} for e in chain
+            ]
         if warning is not None:
             stats["warning"] = warning
         return CompressionResult(passages, stats)
@@ -678,6 +737,7 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
         "drop_empty",
         "reorder",
         "force_tokens",
+        "hops",
     }
     unknown = sorted(set(options) - allowed)
     if unknown:

@@ -14,7 +14,9 @@ class CompressedPassage:
     of the *original* text whose units were kept (adjacent kept units merge into one span);
     ``ratio`` is ``compressed_tokens / original_tokens`` (1.0 for an empty original);
     ``relevance`` is the model's probability that the passage holds what the query needs;
-    ``dropped`` is True when nothing of the passage was kept and ``drop_empty`` was set.
+    ``dropped`` is True when nothing of the passage was kept and ``drop_empty`` was set;
+    ``evidence_hop`` is the hop (1-based) whose evidence sentence this passage supplied when the
+    compression followed an evidence chain (``hops`` > 1), else None.
     """
 
     index: int
@@ -25,6 +27,7 @@ class CompressedPassage:
     relevance: float
     kept_spans: list[tuple[int, int]] = field(default_factory=list)
     dropped: bool = False
+    evidence_hop: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +39,7 @@ class CompressedPassage:
             "relevance": self.relevance,
             "kept_spans": [list(span) for span in self.kept_spans],
             "dropped": self.dropped,
+            "evidence_hop": self.evidence_hop,
         }
 
     def stats(self, index: int | None = None) -> dict[str, Any]:
@@ -45,7 +49,7 @@ class CompressedPassage:
         caller's position differs from the compressor's input position (e.g. nodes without
         text were skipped).
         """
-        return {
+        stats: dict[str, Any] = {
             "index": int(self.index if index is None else index),
             "original_tokens": int(self.original_tokens),
             "compressed_tokens": int(self.compressed_tokens),
@@ -56,6 +60,9 @@ class CompressedPassage:
             # that keeps such documents for their sources can tell them apart.
             "dropped": bool(self.dropped or not self.text.strip()),
         }
+        if self.evidence_hop is not None:
+            stats["evidence_hop"] = int(self.evidence_hop)
+        return stats
 
 
 @dataclass(frozen=True)

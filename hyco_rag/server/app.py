@@ -463,6 +463,9 @@ class _ServerState:
             raise APIError(
                 400, f"give at most one of rate, target_tokens and threshold, got {', '.join(budget)}", param=next(iter(budget))
             )
+        options = dict(budget)
+        if body.hops is not None:
+            options["hops"] = body.hops
         texts = _texts(body.documents)
         try:
             compressor = (
@@ -470,9 +473,9 @@ class _ServerState:
             )
             acompress = getattr(compressor, "acompress", None)
             if acompress is not None:  # HyCo batches concurrent calls together
-                result = await acompress(query, texts, **budget)
+                result = await acompress(query, texts, **options)
             else:
-                result = await asyncio.to_thread(compressor.compress, query, texts, **budget)
+                result = await asyncio.to_thread(compressor.compress, query, texts, **options)
         except (ValueError, TypeError) as error:
             raise APIError(400, str(error)) from None
         documents, stats = _compressed_documents(result, len(texts))

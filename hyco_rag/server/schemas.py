@@ -92,7 +92,7 @@ class CompressRequest(BaseModel):
     """``POST /v1/compress``: the ``hyco-rag compress`` CLI's per-line input, over HTTP.
 
     ``query`` (or ``question``) and ``documents``; at most one of ``rate``, ``target_tokens``
-    and ``threshold``; an ``id`` is echoed back.
+    and ``threshold``; ``hops`` for multi-hop evidence chains; an ``id`` is echoed back.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -103,6 +103,7 @@ class CompressRequest(BaseModel):
     rate: float | None = None
     target_tokens: int | None = None
     threshold: float | None = None
+    hops: int | None = None  # evidence-chain hops (HyCo); None: the compressor's single pass
     id: Any = None
 
 

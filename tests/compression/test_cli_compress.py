@@ -80,3 +80,15 @@ def test_a_threshold_that_keeps_nothing_warns_and_zero_budgets_fail(tmp_path, ca
     assert main(["compress", "--input", str(source), "--output", str(tmp_path / "x.jsonl"), "--target-tokens", "0",
                  "--no-progress"]) == 2
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_hops_reach_the_compressor_and_bad_hops_fail_before_loading(tmp_path, capsys):
+    source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write(source, LINES[:1])
+    assert main(["compress", "--input", str(source), "--output", str(target), "--rate", "0.5", "--hops", "2",
+                 "--no-progress", "--device", "cpu"]) == 0
+    stats = json.loads(target.read_text(encoding="utf-8"))["stats"]
+    assert stats["hops"] == 2 and stats["evidence"][0]["hop"] == 1
+    assert main(["compress", "--input", str(source), "--output", str(tmp_path / "x.jsonl"), "--hops", "0",
+                 "--no-progress"]) == 2
+    assert "hops must be in [1, 4]" in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()

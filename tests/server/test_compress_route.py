@@ -43,10 +43,18 @@ def test_same_output_as_the_cli(engine, hyco_compressor, tmp_path, monkeypatch):
             json={"query": query, "documents": documents, "rate": 0.5, "target_tokens": 3},
             timeout=60,
         )
+        chained = httpx.post(
+            running.base_url + "/v1/compress", json={"query": query, "documents": documents, "rate": 0.5, "hops": 2}, timeout=60
+        )
+        bad_hops = httpx.post(
+            running.base_url + "/v1/compress", json={"query": query, "documents": documents, "hops": 9}, timeout=60
+        )
     assert set(served) == {"id", "documents", "stats"} and served["id"] == "q1"
     assert len(served["documents"]) == 3 and served["stats"]["compressed_tokens"] < served["stats"]["original_tokens"]
     assert by_question["stats"]["compressed_tokens"] <= 12 and "id" not in by_question
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "rate"
+    assert chained.status_code == 200 and [e["hop"] for e in chained.json()["stats"]["evidence"]] == [1, 2]
+    assert bad_hops.status_code == 400 and "hops" in bad_hops.json()["error"]["message"]
 
     # the CLI on the same line (with the same compressor) writes the same documents and stats
     source, target = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -59,6 +67,7 @@ def test_same_output_as_the_cli(engine, hyco_compressor, tmp_path, monkeypatch):
         threshold=None,
         target_tokenizer=None,
         min_tokens_per_passage=0,
+        hops=1,
         batch_size=8,
         model=None,
         device="cpu",

@@ -100,6 +100,9 @@ class HyCoCompressor(BaseDocumentCompressor, RunnableSerializable[HyCoCompressor
     """Return the documents most relevant first instead of in the input order."""
     force_tokens: tuple[str, ...] = ()
     """Words always kept wherever they occur."""
+    hops: int = Field(default=1, ge=1, le=4, strict=True)
+    """Evidence-chain hops for multi-hop questions: each further hop rescores the documents for
+    the question plus the bridge terms found so far (one more scoring pass each)."""
     metadata_key: str = "hyco"
     """Key of the stats added to each output document's metadata."""
 

@@ -68,6 +68,17 @@ def test_never_joins_nodes(hyco_core: Any, retrieved: list[NodeWithScore]) -> No
         assert len(out.node.text) <= len(original.node.text) + len(out.node.metadata["hyco"]["kept_spans"])
 
 
+def test_hops_mark_each_hops_evidence_node(hyco_core: Any, retrieved: list[NodeWithScore]) -> None:
+    output = HyCoNodePostprocessor(compressor=hyco_core, rate=0.5, drop_empty=False, hops=2).postprocess_nodes(
+        retrieved, query_str=QUERY
+    )
+    assert [n.node.id_ for n in output] == [n.node.id_ for n in retrieved]
+    hops = sorted(n.node.metadata["hyco"]["evidence_hop"] for n in output if "evidence_hop" in n.node.metadata["hyco"])
+    assert hops == [1, 2]
+    with pytest.raises(ValidationError, match="hops"):
+        HyCoNodePostprocessor(compressor=hyco_core, hops=0)
+
+
 def test_reorder_and_drop_empty(hyco_core: Any, retrieved: list[NodeWithScore]) -> None:
     empty = NodeWithScore(node=TextNode(text="", id_="empty-node"), score=0.01)
     nodes = [*retrieved[:2], empty, *retrieved[2:]]

@@ -115,6 +115,9 @@ def test_prebuilt_core_is_used_as_is(hyco_core: Any) -> None:
         ({"rat": 0.5}, "Extra inputs"),
         ({"device": "cpu", "compressor": object()}, "already built"),
         ({"metadata_key": ""}, "metadata_key"),
+        ({"hops": 0}, "greater than or equal to 1"),
+        ({"hops": 5}, "less than or equal to 4"),
+        ({"hops": True}, "integer"),
     ],
 )
 def test_invalid_options_fail_at_construction(options: dict[str, Any], message: str) -> None:
@@ -164,6 +167,15 @@ def test_target_tokens_is_one_budget_across_documents(hyco_core: Any, documents:
     output = HyCoCompressor(compressor=hyco_core, target_tokens=60, drop_empty=False).compress_documents(documents, QUERY)
     assert len(output) == len(documents)
     assert _tokens(output, "compressed_tokens") <= 60
+
+
+def test_hops_mark_each_hops_evidence_document(hyco_core: Any, documents: list[Document]) -> None:
+    single = HyCoCompressor(compressor=hyco_core, rate=0.5, drop_empty=False).compress_documents(documents, QUERY)
+    chained = HyCoCompressor(compressor=hyco_core, rate=0.5, drop_empty=False, hops=2).compress_documents(documents, QUERY)
+    assert not any("evidence_hop" in doc.metadata["hyco"] for doc in single)
+    hops = sorted(doc.metadata["hyco"]["evidence_hop"] for doc in chained if "evidence_hop" in doc.metadata["hyco"])
+    assert hops == [1, 2]  # two hops, two different documents
+    assert [doc.id for doc in chained] == [doc.id for doc in documents]
 
 
 def test_reorder_sorts_by_relevance_only_when_asked(hyco_core: Any, documents: list[Document]) -> None:

@@ -114,6 +114,9 @@ class HyCoNodePostprocessor(BaseNodePostprocessor):
     drop_empty: bool = Field(default=True, description="Leave out nodes that compress to nothing.")
     reorder: bool = Field(default=False, description="Most relevant first instead of the input order.")
     force_tokens: tuple[str, ...] = Field(default=(), description="Words always kept.")
+    hops: int = Field(
+        default=1, ge=1, le=4, strict=True, description="Evidence-chain hops (multi-hop questions; one scoring pass each)."
+    )
     metadata_key: str = Field(default="hyco", min_length=1, description="Metadata key of the per-node stats.")
 
     _loader: LazyCompressor = PrivateAttr(default_factory=LazyCompressor)
