@@ -22,7 +22,7 @@ Each hop is one more scoring pass over the same chunks (the cost is measured in
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,10 +99,19 @@ def bridge_terms(evidence: str, query: str, limit: int = MAX_BRIDGE_TERMS) -> tu
     return tuple((named + other)[:limit])
 
 
-def hop_query(query: str, chain: Sequence[Evidence]) -> str:
-    """The question followed by the bridge terms of every hop so far."""
+def hop_query(query: str, chain: Sequence[Evidence], fits: Callable[[str], bool] | None = None) -> str:
+    """The question followed by the bridge terms of every hop so far.
+
+    With ``fits`` (e.g. "at most ``max_query_tokens`` encoder tokens"), the last terms are
+    dropped until the query fits, so the scorer never cuts a hop query mid-term; the question
+    itself is never shortened here.
+    """
     terms = [term for evidence in chain for term in evidence.bridge_terms]
-    return " ".join([query.strip(), *terms]).strip()
+    while True:
+        text = " ".join([query.strip(), *terms]).strip()
+        if not terms or fits is None or fits(text):
+            return text
+        terms.pop()
 
 
 def best_sentence(scores: Sequence[ScoredDocument], exclude: set[int]) -> tuple[int, int] | None:

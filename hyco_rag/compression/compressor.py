@@ -352,6 +352,10 @@ class HyCoCompressor:
             raw = self._score(requests, chunks)
         return self._aggregate(requests, chunks, raw), raw.scored_tokens
 
+    def _query_fits(self, query: str) -> bool:
+        ids = self.tokenizer(query, add_special_tokens=False, verbose=False)["input_ids"]
+        return len(ids) <= self.config.max_query_tokens
+
     def _follow_chains(
         self, requests: list[_Request], scores: list[list[_DocScores]], scored_tokens: list[int]
     ) -> dict[int, list[Evidence]]:
@@ -377,7 +381,8 @@ class HyCoCompressor:
             if not active:
                 break
             followers = [
-                replace(requests[r], query=hop_query(requests[r].query, chains[r]), chunks=[], query_ids=[]) for r in active
+                replace(requests[r], query=hop_query(requests[r].query, chains[r], self._query_fits), chunks=[], query_ids=[])
+                for r in active
             ]
             rescored, tokens = self._scores(followers)
             for r, per_doc, count in zip(active, rescored, tokens):

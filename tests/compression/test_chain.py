@@ -52,6 +52,22 @@ def test_hop_query_appends_each_hops_terms():
     chain = [Evidence(0, 1, 0, "x", ("Arthur", "Rosson")), Evidence(1, 3, 0, "y", ("1886",))]
     assert hop_query(" Who? ", chain) == "Who? Arthur Rosson 1886"
     assert hop_query("Who?", []) == "Who?"
+    # terms that do not fit are dropped from the end, whole; the question is never cut
+    assert hop_query("Who?", chain, fits=lambda text: len(text.split()) <= 3) == "Who? Arthur Rosson"
+    assert hop_query("Who is it?", chain, fits=lambda text: False) == "Who is it?"
+
+
+def test_a_long_hop_query_is_not_cut_by_the_scorer(compressor, caplog):
+    import logging
+
+    question = (
+        "Please tell me, as precisely as you possibly can and giving the complete date with day and month, "
+        "in which year exactly was the person born who directed the film King of the Sierras?"
+    )  # 38 encoder tokens: with hop 1's bridge terms it would pass max_query_tokens (48)
+    with caplog.at_level(logging.WARNING, logger="hyco_rag.compression.features"):
+        result = compressor.compress(question, DOCS, rate=0.5, hops=2)
+    assert len(result.stats["evidence"]) == 2
+    assert "scoring with its first" not in caplog.text
 
 
 @pytest.mark.parametrize("bad", [0, 5, -1, 1.5, True, "2", None])
