@@ -32,7 +32,7 @@ from hyco_rag.compression.words import Segmentation
 
 #: Most hops a request may ask for; each is one scoring pass.
 MAX_HOPS = 4
-#: Bridge terms appended to the question per hop (the query is cut to ``max_query_tokens``).
+#: Bridge terms appended to the question per hop (fewer where the query would pass ``max_query_tokens``).
 MAX_BRIDGE_TERMS = 12
 #: Evidence sentences rank above every other sentence by this much (coverage).
 COVERAGE_BONUS = 1.0e3

@@ -33,6 +33,7 @@ from hyco_rag.compression.adapters import (
     compress_options,
     reject_boolean,
 )
+from hyco_rag.compression.chain import MAX_HOPS
 from hyco_rag.metadata import copy_metadata
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class HyCoCompressor(BaseDocumentCompressor, RunnableSerializable[HyCoCompressor
     """Return the documents most relevant first instead of in the input order."""
     force_tokens: tuple[str, ...] = ()
     """Words always kept wherever they occur."""
-    hops: int = Field(default=1, ge=1, le=4, strict=True)
+    hops: int = Field(default=1, ge=1, le=MAX_HOPS, strict=True)
     """Evidence-chain hops for multi-hop questions: each further hop rescores the documents for
     the question plus the bridge terms found so far (one more scoring pass each)."""
     metadata_key: str = "hyco"

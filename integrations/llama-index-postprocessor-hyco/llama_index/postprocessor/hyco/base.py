@@ -24,6 +24,7 @@ from hyco_rag.compression.adapters import (
     compress_options,
     reject_boolean,
 )
+from hyco_rag.compression.chain import MAX_HOPS
 from hyco_rag.metadata import copy_metadata
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -115,7 +116,7 @@ class HyCoNodePostprocessor(BaseNodePostprocessor):
     reorder: bool = Field(default=False, description="Most relevant first instead of the input order.")
     force_tokens: tuple[str, ...] = Field(default=(), description="Words always kept.")
     hops: int = Field(
-        default=1, ge=1, le=4, strict=True, description="Evidence-chain hops (multi-hop questions; one scoring pass each)."
+        default=1, ge=1, le=MAX_HOPS, strict=True, description="Evidence-chain hops (multi-hop questions; one scoring pass each)."
     )
     metadata_key: str = Field(default="hyco", min_length=1, description="Metadata key of the per-node stats.")
 
