@@ -4,8 +4,9 @@ SQuAD v1.1 dev, 10 passages per question (gold + 9 same-article distractors), Sm
 reader (greedy, short answers), rates 1/2, 1/4, 1/8, 1/10, side by side: no context, full
 context, gold-only oracle, HyCo (ours), random word dropping, LangChain EmbeddingsFilter
 (MiniLM), sentence-level MiniLM selection and LongLLMLingua (llmlingua 0.2.2, SmolLM2 as its
-small LM, in its own venv). Generality: HyCo vs sentence selection vs full vs oracle on
-HotpotQA / MuSiQue / 2WikiMultihopQA questions, which HyCo never trained on.
+small LM, in its own venv). Generality: HyCo, HyCo with a 2-hop evidence chain
+(``hyco_multihop``), sentence selection, full context and the oracle on the held-out HotpotQA /
+MuSiQue / 2WikiMultihopQA splits, which HyCo never trained on.
 
 Prints a table and the issue's targets, writes JSON (hyco_rag.results.write_results) and a PNG
 plot of F1 vs kept share next to it. See docs/benchmarks.md for the columns.

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> tuple[li
     from hyco_rag.evaluation import parametric as P
     from hyco_rag.evaluation.synthetic import make_cards, probe_questions
     from hyco_rag.generation import ChatGenerator, GenerationConfig
+    from hyco_rag.prompts import TEMPLATES
     from hyco_rag.results import format_table, write_json_atomic, write_results, write_text_atomic
 
     torch.set_num_threads(args.threads)
@@ -126,8 +127,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> tuple[li
     translator_dir = Path(args.translator) if args.translator else DEFAULT_TRANSLATOR_DIR
     translator = ParameterTranslator.from_pretrained(translator_dir, model=model)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, stop_at_newline=True)
-    reader = P.DeltaReader(generator, generation, P.TEMPLATES["short"])
-    plain_reader = P.DeltaReader(generator, generation, P.TEMPLATES["plain"])
+    reader = P.DeltaReader(generator, generation, TEMPLATES["short"])
+    plain_reader = P.DeltaReader(generator, generation, TEMPLATES["plain"])
     source = P.DeltaSource(translator, PassageEncoder(model, tokenizer))
     notes: list[str] = []
 

@@ -35,7 +35,7 @@ import torch
 from hyco_rag.dyprag.delta import LoRADelta
 from hyco_rag.dyprag.injection import DeltaInjector
 from hyco_rag.metrics import answer_in_text, best_exact_match, best_f1
-from hyco_rag.prompts import DEFAULT_TEMPLATE, SHORT_ANSWER_TEMPLATE, PromptTemplate, build_prompt
+from hyco_rag.prompts import SHORT_ANSWER_TEMPLATE, PromptTemplate, build_prompt
 
 if TYPE_CHECKING:
     from hyco_rag.dyprag.translator import ParameterTranslator
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 MODES = ("none", "rag", "format_only", "dyprag", "dyprag_shuffled", "combine", "combine_shuffled", "prag", "prag_shuffled")
 COMBINE_RULES = ("mean", "sum", "concat")
-TEMPLATES = {"short": SHORT_ANSWER_TEMPLATE, "plain": DEFAULT_TEMPLATE}
 GPU_TARGET_MS = 2.0
 
 

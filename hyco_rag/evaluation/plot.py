@@ -14,6 +14,7 @@ from hyco_rag.evaluation.qa_eval import METHOD_LABELS
 
 _STYLE: dict[str, dict[str, Any]] = {
     "hyco": dict(color="tab:red", marker="o", linewidth=2.5),
+    "hyco_multihop": dict(color="tab:orange", marker="o", linewidth=2.5, linestyle="--"),
     "random": dict(color="tab:gray", marker="x"),
     "embeddings_filter": dict(color="tab:blue", marker="s"),
     "sentence_selection": dict(color="tab:green", marker="^"),

@@ -46,9 +46,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RATE_FREE_METHODS = ("none", "full", "oracle")
-COMPRESSION_METHODS = ("hyco", "random", "embeddings_filter", "sentence_selection", "llmlingua")
+COMPRESSION_METHODS = ("hyco", "hyco_multihop", "random", "embeddings_filter", "sentence_selection", "llmlingua")
 ALL_METHODS = RATE_FREE_METHODS + COMPRESSION_METHODS
-GENERALITY_METHODS = ("none", "full", "oracle", "hyco", "sentence_selection")
+GENERALITY_METHODS = ("none", "full", "oracle", "hyco", "hyco_multihop", "sentence_selection")
+#: Scoring passes of each HyCo method (``hyco_multihop``: one evidence-chain hop after the first pass).
+HYCO_HOPS = {"hyco": 1, "hyco_multihop": 2}
 MAIN_DATASET = "squad"
 GENERALITY_DATASETS = ("hotpotqa", "musique", "2wikimultihopqa")
 DATASETS = (MAIN_DATASET, *GENERALITY_DATASETS)
@@ -58,6 +60,7 @@ METHOD_LABELS = {
     "full": "full context",
     "oracle": "gold-only oracle",
     "hyco": "HyCo (ours)",
+    "hyco_multihop": "HyCo, 2-hop evidence chain (ours)",
     "random": "random word drop",
     "embeddings_filter": "EmbeddingsFilter (MiniLM)",
     "sentence_selection": "sentence selection (MiniLM)",
@@ -119,6 +122,7 @@ class EvalConfig:
     max_new_tokens: int = 16
     batch_size: int = 8
     threads: int = 2
+    prompt: str = "short"  # the reader prompt, a name in hyco_rag.prompts.TEMPLATES
     reader: str | None = None  # default: the embedded SmolLM2
     compressor: str | None = None  # HyCoCompressor.from_pretrained path; None = shipped weights
     titles_for_multihop: bool = True
@@ -145,6 +149,10 @@ class EvalConfig:
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if self.num_distractors < 0:
             raise ValueError(f"num_distractors must be >= 0, got {self.num_distractors}")
+        from hyco_rag.prompts import TEMPLATES
+
+        if self.prompt not in TEMPLATES:
+            raise ValueError(f"unknown prompt {self.prompt!r}; choose from {', '.join(TEMPLATES)}")
 
     def methods_for(self, dataset: str) -> tuple[str, ...]:
         if dataset == MAIN_DATASET:
@@ -316,9 +324,8 @@ class MethodRun:
 
 
 class HyCoMethod:
-    """Our compressor, called per question with the same reader-token budget as the others."""
-
-    name = "hyco"
+    """Our compressor, called per question with the same reader-token budget as the others;
+    ``hops`` > 1 follows evidence chains (:mod:`hyco_rag.compression.chain`)."""
 
     def __init__(self, path: str | None, tokenizer: Any) -> None:
         from hyco_rag.compression import HyCoCompressor
@@ -326,14 +333,18 @@ class HyCoMethod:
         self.compressor = HyCoCompressor.from_pretrained(path) if path else HyCoCompressor()
         self.tokenizer = tokenizer
 
-    def compress(self, query: str, documents: Sequence[str], budget: int) -> list[str]:
-        result = self.compressor.compress(query, list(documents), target_tokens=budget, target_tokenizer=self.tokenizer)
+    def compress(self, query: str, documents: Sequence[str], budget: int, hops: int = 1) -> list[str]:
+        result = self.compressor.compress(
+            query, list(documents), target_tokens=budget, target_tokenizer=self.tokenizer, hops=hops
+        )
         return list(result.texts)
 
-    def batched_seconds(self, queries: Sequence[str], documents: Sequence[Sequence[str]], rate: float) -> float:
+    def batched_seconds(self, queries: Sequence[str], documents: Sequence[Sequence[str]], rate: float, hops: int = 1) -> float:
         """Wall time of one ``compress_batch`` over all questions (the throughput a server sees)."""
         tick = time.perf_counter()
-        self.compressor.compress_batch(list(queries), [list(d) for d in documents], rate=rate, target_tokenizer=self.tokenizer)
+        self.compressor.compress_batch(
+            list(queries), [list(d) for d in documents], rate=rate, target_tokenizer=self.tokenizer, hops=hops
+        )
         return time.perf_counter() - tick
 
 
@@ -377,11 +388,14 @@ class QAEvaluation:
     def generator(self) -> ChatGenerator:
         if self._generator is None:
             from hyco_rag.generation import ChatGenerator, GenerationConfig
+            from hyco_rag.prompts import TEMPLATES
 
             config = GenerationConfig(
                 max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size, stop_at_newline=True
             )
-            self._generator = ChatGenerator.from_pretrained(self.config.reader, config=config, device="cpu")
+            self._generator = ChatGenerator.from_pretrained(
+                self.config.reader, config=config, device="cpu", template=TEMPLATES[self.config.prompt]
+            )
         return self._generator
 
     @property
@@ -472,26 +486,26 @@ class QAEvaluation:
                 runs[rate].budgets.append(budget)
         return runs
 
-    def _hyco_runs(self, items: DatasetItems, rates: Sequence[float]) -> dict[float, MethodRun]:
+    def _hyco_runs(self, items: DatasetItems, rates: Sequence[float], method: str = "hyco") -> dict[float, MethodRun]:
         from tqdm.auto import tqdm
 
-        hyco = self.hyco
+        hyco, hops = self.hyco, HYCO_HOPS[method]
         runs = {rate: MethodRun([], [], []) for rate in rates}
         for rate in rates:
             for example, documents, tokens_in in tqdm(
                 list(zip(items.examples, items.documents, items.tokens_in)),
-                desc=f"{items.name}/hyco@{rate_label(rate)}",
+                desc=f"{items.name}/{method}@{rate_label(rate)}",
                 leave=False,
             ):
                 budget = token_budget(tokens_in, rate)
-                output, seconds = _timed(lambda: hyco.compress(example.question, documents, budget))  # noqa: B023 (called here)
+                output, seconds = _timed(lambda: hyco.compress(example.question, documents, budget, hops))  # noqa: B023 (called here)
                 runs[rate].documents.append(output)
                 runs[rate].seconds.append(seconds)
                 runs[rate].budgets.append(budget)
         # Throughput with batching across questions, measured once per dataset (it hardly
         # depends on the rate): at 1/8 when swept, else the smallest rate.
         rate = min(rates, key=lambda r: abs(r - 1 / 8))
-        batched = hyco.batched_seconds([e.question for e in items.examples], items.documents, rate)
+        batched = hyco.batched_seconds([e.question for e in items.examples], items.documents, rate, hops)
         for run in runs.values():
             run.batched_seconds = batched
         return runs
@@ -585,8 +599,8 @@ class QAEvaluation:
             if method in RATE_FREE_METHODS:
                 rows.append(self._score(items, method, None, self._rate_free(items, method)))
                 continue
-            if method == "hyco":
-                runs = self._hyco_runs(items, rates)
+            if method in HYCO_HOPS:
+                runs = self._hyco_runs(items, rates, method)
             elif method == "llmlingua":
                 subset = items
                 if self.config.llmlingua_limit is not None and self.config.llmlingua_limit < len(items.examples):
@@ -616,7 +630,7 @@ class QAEvaluation:
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.config.threads)
         try:
-            if any("hyco" in self.config.methods_for(d) for d in self.config.datasets):
+            if any(m in HYCO_HOPS for d in self.config.datasets for m in self.config.methods_for(d)):
                 _ = self.hyco  # fail fast (e.g. missing weights) before hours of other methods
             rows: list[dict[str, Any]] = []
             for dataset in self.config.datasets:
@@ -806,6 +820,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=defaults["max_new_tokens"].default)
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"].default)
     parser.add_argument(
+        "--prompt",
+        choices=("short", "plain"),
+        default=defaults["prompt"].default,
+        help="reader prompt: short = the two-shot short-answer prompt (hyco_rag.prompts.SHORT_ANSWER_TEMPLATE), plain = one instruction",
+    )
+    parser.add_argument(
         "--threads", type=int, default=defaults["threads"].default, help="torch CPU threads (reader, compressors, peer)"
     )
     parser.add_argument(
@@ -848,6 +868,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         threads=args.threads,
+        prompt=args.prompt,
         reader=args.reader,
         compressor=args.compressor,
         titles_for_multihop=not args.no_titles,

@@ -72,6 +72,12 @@ def test_generation_cache_is_reused(evaluated):
         assert row["predictions"] == old[(row["method"], row["rate"])]["predictions"]
 
 
+def test_reader_prompt_is_the_short_answer_prompt(evaluated):
+    _, evaluation, _ = evaluated
+    prompt = evaluation.generator.prompt("Who wrote it?", ["It was written by Ada."])
+    assert "Which river flows through the city of Lyon?" in prompt and "It was written by Ada." in prompt
+
+
 def test_sample_is_nested_and_seeded():
     items = list(range(100))
     assert sample_examples(items, 10, 0) == sample_examples(items, 20, 0)[:10]  # type: ignore[arg-type]
@@ -93,7 +99,10 @@ def test_config_validation_and_cli_options():
         EvalConfig(limit=0)
     with pytest.raises(ValueError, match="rate"):
         EvalConfig(rates=(0.0,))
-    assert config.methods_for("hotpotqa") == ("none", "full", "oracle", "hyco", "sentence_selection")
+    with pytest.raises(ValueError, match="unknown prompt 'bogus'"):
+        EvalConfig(prompt="bogus")
+    assert config.prompt == "short"  # the shared two-shot short-answer prompt unless asked otherwise
+    assert config.methods_for("hotpotqa") == ("none", "full", "oracle", "hyco", "hyco_multihop", "sentence_selection")
     assert rate_label(0.125) == "1/8" and rate_label(None) == "-"
 
 
@@ -139,9 +148,10 @@ def test_hyco_method_respects_budget(tmp_path, squad_examples, counter):
     for example in squad_examples:
         documents = document_texts(example, with_titles=False)
         budget = token_budget(counter.total(documents), 1 / 8)
-        output = method.compress(example.question, documents, budget)
-        assert len(output) == len(documents)
-        assert counter.total(output) <= budget
+        for hops in (1, 2):  # hyco and hyco_multihop: an evidence chain keeps the same budget
+            output = method.compress(example.question, documents, budget, hops)
+            assert len(output) == len(documents)
+            assert counter.total(output) <= budget
 
 
 def test_results_json_roundtrip(tmp_path, evaluated):
