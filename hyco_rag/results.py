@@ -1,19 +1,26 @@
-"""Benchmark results as JSON: one file per run, with the environment that produced it.
+"""Benchmark results as JSON (one file per run, with the environment that produced it), and the
+project's one way of writing a file atomically.
 
-Files are written atomically (temporary file + ``os.replace``) so an interrupted benchmark
-never leaves a truncated result that a later comparison would trust.
+Every file the project writes (results, weights, caches, checkpoints) goes through
+:func:`atomic_output`: a temporary file in the same folder and an ``os.replace``, so an
+interrupted run never leaves a truncated file that a later run would trust.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import platform
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 RESULTS_DIR = Path("benchmarks") / "results"
 
@@ -60,22 +67,45 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+@contextlib.contextmanager
+def atomic_output(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path next to ``path`` that replaces ``path`` when the block ends without error.
 
-    A reader never sees a half-written file, and an interrupted write leaves the old one.
+    On an error the temporary file is removed and ``path`` keeps what it held before.  The file
+    gets the permissions the user's umask gives (``mkstemp`` alone makes it private, and shipped
+    weights, caches and results are for everyone).  ``suffix`` ends the temporary name (a writer
+    that infers the format from it, such as matplotlib, needs the real one).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; results are for everyone
+        yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    finally:
+        temporary.unlink(missing_ok=True)  # gone already after the replace
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_output`)."""
+    path = Path(path)
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return path
+
+
+def save_safetensors_atomic(
+    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Save ``tensors`` (contiguous) as safetensors at ``path`` atomically (:func:`atomic_output`)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_output(path) as temporary:
+        save_file(dict(tensors), str(temporary), metadata=dict(metadata) if metadata is not None else None)
     return path
 
 

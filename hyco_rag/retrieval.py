@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,24 +96,11 @@ def index_cache_path(encoder: Any, texts: Sequence[str], root: Path | None = Non
 
 
 def _save_embeddings(path: Path, embeddings: torch.Tensor, count: int) -> None:
-    from safetensors.torch import save_file
+    from hyco_rag.results import save_safetensors_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(
-            {"embeddings": embeddings.contiguous()},
-            temporary,
-            metadata={"count": str(count), "version": str(INDEX_CACHE_VERSION)},
-        )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; the cache is the user's
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    save_safetensors_atomic(
+        {"embeddings": embeddings.contiguous()}, path, {"count": str(count), "version": str(INDEX_CACHE_VERSION)}
+    )
 
 
 def _load_embeddings(path: Path, count: int) -> torch.Tensor | None:

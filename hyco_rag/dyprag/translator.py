@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from torch import nn
 from hyco_rag.dyprag.config import DeltaConfig
 from hyco_rag.dyprag.delta import LoRADelta
 from hyco_rag.dyprag.injection import find_target_modules, layer_index, module_type
-from hyco_rag.results import _umask
+from hyco_rag.results import save_safetensors_atomic
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -327,20 +326,10 @@ class ParameterTranslator(nn.Module):
 
         Weights are stored as ``dtype`` (default fp16: half the bytes; :meth:`from_pretrained`
         loads them back as fp32)."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: value.detach().to(dtype).cpu().contiguous() for name, value in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; shipped weights are for everyone
-            os.replace(tmp, directory / WEIGHTS_NAME)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_safetensors_atomic(tensors, directory / WEIGHTS_NAME, {"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
         from hyco_rag.results import write_json_atomic
 
         write_json_atomic(directory / CONFIG_NAME, asdict(self.config))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hyco_rag.evaluation.qa_eval import METHOD_LABELS
+from hyco_rag.results import atomic_output
 
 _STYLE: dict[str, dict[str, Any]] = {
     "hyco": dict(color="tab:red", marker="o", linewidth=2.5),
@@ -74,9 +75,9 @@ def plot_f1_vs_kept_share(rows: Sequence[dict[str, Any]], path: str | Path) -> P
     figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
     figure.tight_layout(rect=(0, 0.12 if len(labels) > 4 else 0.07, 1, 1))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=110)
-    plt.close(figure)
-    temporary.replace(path)
+    try:
+        with atomic_output(path, suffix=path.suffix or ".png") as temporary:
+            figure.savefig(temporary, dpi=110)
+    finally:
+        plt.close(figure)
     return path

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -266,22 +265,12 @@ class HybridAdapter(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike[str], *, dtype: torch.dtype = torch.float16) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (``dtype``, default fp16) atomically."""
-        from safetensors.torch import save_file
-
-        from hyco_rag.results import _umask, write_json_atomic
+        from hyco_rag.results import save_safetensors_atomic, write_json_atomic
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {name: value.detach().to(dtype).cpu().contiguous() for name, value in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, directory / WEIGHTS_NAME)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_safetensors_atomic(tensors, directory / WEIGHTS_NAME, {"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
         write_json_atomic(directory / CONFIG_NAME, asdict(self.config))
         return directory
 

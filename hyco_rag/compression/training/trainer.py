@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -264,9 +263,7 @@ class Trainer:
 
     def save(self) -> Path:
         """Weights + config (the loadable folder) and the optimizer state, each written atomically."""
-        from safetensors.torch import save_file
-
-        from hyco_rag.results import write_json_atomic
+        from hyco_rag.results import save_safetensors_atomic, write_json_atomic
 
         self.config.training = {**self.config.training, "steps": self.step}
         save_scorer(self.config, self.model, self.output)
@@ -279,9 +276,7 @@ class Trainer:
                 moments[f"{i}.exp_avg"] = state["exp_avg"].detach().cpu().contiguous()
                 moments[f"{i}.exp_avg_sq"] = state["exp_avg_sq"].detach().cpu().contiguous()
                 optimizer_step = int(state["step"])
-        temporary = self.output / f".{OPTIMIZER_NAME}.tmp"
-        save_file(moments, str(temporary))
-        os.replace(temporary, self.output / OPTIMIZER_NAME)
+        save_safetensors_atomic(moments, self.output / OPTIMIZER_NAME)
         write_json_atomic(
             self.output / STATE_NAME,
             {
@@ -502,10 +497,8 @@ def describe_groups(groups: list[TrainGroup]) -> dict[str, Any]:
 
 def save_features(path: str | Path, features: list[tuple[PooledStates, PooledStates]], key: str) -> Path:
     """Write extracted pooled states (all groups concatenated) as one safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from hyco_rag.results import save_safetensors_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     for view, index in (("coarse", 0), ("fine", 1)):
         items = [f[index] for f in features]
@@ -513,10 +506,7 @@ def save_features(path: str | Path, features: list[tuple[PooledStates, PooledSta
         for f in dataclasses_fields(PooledStates):
             tensors[f"{view}.{f.name}"] = getattr(merged, f.name).contiguous()
     tensors["rows"] = torch.as_tensor([f[0].cls.shape[0] for f in features], dtype=torch.long)
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temporary), metadata={"key": key})
-    os.replace(temporary, path)
-    return path
+    return save_safetensors_atomic(tensors, path, {"key": key})
 
 
 def load_features(path: str | Path, key: str) -> list[tuple[PooledStates, PooledStates]] | None:

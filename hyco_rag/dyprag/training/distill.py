@@ -51,6 +51,7 @@ from hyco_rag.dyprag.injection import DeltaInjector
 from hyco_rag.dyprag.training.common import freeze
 from hyco_rag.dyprag.training.data import TrainingPassage
 from hyco_rag.prompts import SHORT_ANSWER_TEMPLATE, PromptTemplate, build_prompt
+from hyco_rag.results import atomic_output
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -269,7 +270,7 @@ def build_cache(
             path = directory / f"cache-{s:05d}.pt"
             ids = [p.id for p in shard]
             if path.exists():
-                stored = torch.load(path, weights_only=False)
+                stored = torch.load(path, weights_only=True)
                 if stored["ids"] == ids:
                     records.extend(stored["records"])
                     bar.update(len(shard))
@@ -281,9 +282,8 @@ def build_cache(
                 if record is not None:
                     done.append(record)
                 bar.update(1)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"ids": ids, "records": done}, tmp)
-            tmp.replace(path)
+            with atomic_output(path) as tmp:
+                torch.save({"ids": ids, "records": done}, tmp)
             records.extend(done)
     return records
 
@@ -405,7 +405,7 @@ def train_distilled(
     step, history = 0, []
     checkpoint = output / "checkpoint.pt"
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=True)
         translator.load_state_dict(state["translator"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -457,18 +457,17 @@ def train_distilled(
             bar.set_postfix(ce=f"{ce.item():.2f}", kl=f"{kl.item():.2f}", margin=f"{margin.item():.2f}")
             bar.update(1)
             if step % config.checkpoint_every == 0 or step == total:
-                tmp = checkpoint.with_suffix(".tmp")
-                torch.save(
-                    {
-                        "translator": translator.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "step": step,
-                        "history": history,
-                    },
-                    tmp,
-                )
-                tmp.replace(checkpoint)
+                with atomic_output(checkpoint) as tmp:
+                    torch.save(
+                        {
+                            "translator": translator.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "step": step,
+                            "history": history,
+                        },
+                        tmp,
+                    )
     translator.eval()
     report: dict[str, Any] = {
         "config": asdict(config),

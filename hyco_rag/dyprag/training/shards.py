@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -22,7 +21,7 @@ from typing import Any, cast
 import torch
 
 from hyco_rag.dyprag.training.data import TrainingPassage
-from hyco_rag.results import _umask
+from hyco_rag.results import save_safetensors_atomic
 
 MANIFEST = "manifest.json"
 
@@ -48,8 +47,6 @@ def write_shard(
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
     stats: list[dict[str, float]],
 ) -> None:
-    from safetensors.torch import save_file
-
     tensors = {"embeddings": embeddings.detach().float().cpu().contiguous()}
     for name, (a, b) in factors.items():
         tensors[f"A::{name}"] = a.detach().float().cpu().contiguous()
@@ -59,15 +56,7 @@ def write_shard(
         "stats": json.dumps(stats),
         "format": "hyco-rag-prag-pairs",
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_safetensors_atomic(tensors, path, metadata)
 
 
 def read_shard(path: Path) -> PairShard:

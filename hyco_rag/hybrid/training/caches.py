@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -45,18 +44,9 @@ class TensorStore:
         return load_file(str(self.path(key)))
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
+        from hyco_rag.results import save_safetensors_atomic
 
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({name: t.contiguous() for name, t in tensors.items()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_safetensors_atomic({name: t.contiguous() for name, t in tensors.items()}, self.path(key))
 
     def fill(
         self,

@@ -49,7 +49,7 @@ from hyco_rag.hybrid.training.data import (
     teacher_messages,
 )
 from hyco_rag.prompts import SHORT_ANSWER_TEMPLATE, PromptTemplate, render_chat
-from hyco_rag.results import write_json_atomic
+from hyco_rag.results import save_safetensors_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -359,8 +359,6 @@ class HybridTrainer:
         return self.output / "checkpoint"
 
     def _save_checkpoint(self, step: int, optimizer: torch.optim.Optimizer, log: TrainingLog) -> None:
-        from safetensors.torch import save_file
-
         directory = self._checkpoint_dir()
         self.adapter.save_pretrained(directory / "adapter", dtype=torch.float32)
         state = optimizer.state_dict()
@@ -370,9 +368,7 @@ class HybridTrainer:
             for name, value in values.items()
             if isinstance(value, torch.Tensor)
         }
-        tmp = directory / "optimizer.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(directory / "optimizer.safetensors")
+        save_safetensors_atomic(tensors, directory / "optimizer.safetensors")
         write_json_atomic(directory / "state.json", {"step": step, "param_groups": state["param_groups"], "log": log.rows})
 
     def _resume(self, optimizer: torch.optim.Optimizer, log: TrainingLog) -> int:
