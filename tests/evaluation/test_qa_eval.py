@@ -11,6 +11,7 @@ from hyco_rag.evaluation.qa_eval import (
     EvalConfig,
     QAEvaluation,
     add_arguments,
+    compressor_targets,
     config_from_args,
     rate_label,
     sample_examples,
@@ -102,6 +103,9 @@ def test_config_validation_and_cli_options():
     with pytest.raises(ValueError, match="unknown prompt 'bogus'"):
         EvalConfig(prompt="bogus")
     assert config.prompt == "short"  # the shared two-shot short-answer prompt unless asked otherwise
+    similar = EvalConfig(datasets=("squad_similar",), limit=7, rates=(1 / 20,))
+    assert similar.methods_for("squad_similar") == similar.methods and similar.limit_for("squad_similar") == 7
+    assert similar.rates_for("squad_similar") == (1 / 20,)
     assert config.methods_for("hotpotqa") == ("none", "full", "oracle", "hyco", "hyco_multihop", "sentence_selection")
     assert rate_label(0.125) == "1/8" and rate_label(None) == "-"
 
@@ -118,6 +122,27 @@ def test_targets_report_met_and_missed():
     assert not checked["f1>=llmlingua+5"]["met"] and checked["f1>=embeddings_filter+5"]["met"]
     assert checked["throughput>=10k_tok_s_cpu"]["met"]
     assert "note" in targets([_row("full", None, 10.0)])
+
+
+def _set_row(dataset, method, rate, recall=None, f1=0.0):
+    return {"dataset": dataset, "method": method, "rate": rate, "answer_recall": recall, "f1": f1}
+
+
+def test_compressor_targets_take_the_better_hyco_row_and_the_best_minilm_peer():
+    rows = [
+        _set_row("musique", "hyco", 1 / 8, 43.0), _set_row("musique", "hyco_multihop", 1 / 8, 72.0),
+        _set_row("musique", "sentence_selection", 1 / 8, 40.0), _set_row("musique", "embeddings_filter", 1 / 8, 60.0),
+        _set_row("squad_similar", "hyco", 1 / 20, 86.0), _set_row("squad_similar", "hyco", 1 / 8, 95.0, f1=30.0),
+        _set_row("squad_similar", "oracle", None, 100.0, f1=32.0), _set_row("squad_similar", "full", None, 100.0, f1=30.0),
+    ]
+    checked = compressor_targets(rows)
+    musique = checked["musique: answer kept at 1/8 >= 70 and >= best MiniLM + 15"]
+    assert musique["method"] == "hyco_multihop" and musique["met_70"]
+    assert musique["peer"] == "embeddings_filter" and not musique["met_plus_15"]  # 72 < 60 + 15
+    assert checked["squad_similar: answer kept at 1/20 >= 85"] == {"value": 86.0, "met": True}
+    reader = checked["squad_similar: reader F1 at 1/8 >= 90% of oracle and > full"]
+    assert reader["met_90_oracle"] and not reader["met_above_full"]  # 30 >= 28.8, but not above 30
+    assert compressor_targets([_set_row("hotpotqa", "sentence_selection", 1 / 8, 50.0)]) == {}
 
 
 def test_plot_writes_png(tmp_path):
