@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyco_rag.evaluation.budget import TokenCounter, check_rate, token_budget
 from hyco_rag.metrics import answer_in_text, best_exact_match, best_f1
+from hyco_rag.prompts import TEMPLATES
 
 if TYPE_CHECKING:
     from hyco_rag.data import QAExample
@@ -153,8 +154,6 @@ class EvalConfig:
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if self.num_distractors < 0:
             raise ValueError(f"num_distractors must be >= 0, got {self.num_distractors}")
-        from hyco_rag.prompts import TEMPLATES
-
         if self.prompt not in TEMPLATES:
             raise ValueError(f"unknown prompt {self.prompt!r}; choose from {', '.join(TEMPLATES)}")
 
@@ -413,7 +412,6 @@ class QAEvaluation:
     def generator(self) -> ChatGenerator:
         if self._generator is None:
             from hyco_rag.generation import ChatGenerator, GenerationConfig
-            from hyco_rag.prompts import TEMPLATES
 
             config = GenerationConfig(
                 max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size, stop_at_newline=True
@@ -902,7 +900,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"].default)
     parser.add_argument(
         "--prompt",
-        choices=("short", "plain"),
+        choices=tuple(TEMPLATES),
         default=defaults["prompt"].default,
         help="reader prompt: short = the two-shot short-answer prompt (hyco_rag.prompts.SHORT_ANSWER_TEMPLATE), plain = one instruction",
     )
