@@ -760,20 +760,24 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _find_row(rows: Sequence[dict[str, Any]], dataset: str, method: str, at: float | None) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in rows
+            if r["dataset"] == dataset
+            and r["method"] == method
+            and (r["rate"] is None if at is None else r["rate"] is not None and math.isclose(r["rate"], at))
+        ),
+        None,
+    )
+
+
 def targets(rows: Sequence[dict[str, Any]], rate: float = 1 / 8) -> dict[str, Any]:
     """The issue's targets at 8x fewer tokens on SQuAD, checked against this run's rows."""
 
     def find(method: str, at: float | None) -> dict[str, Any] | None:
-        return next(
-            (
-                r
-                for r in rows
-                if r["dataset"] == MAIN_DATASET
-                and r["method"] == method
-                and (r["rate"] is None if at is None else r["rate"] is not None and math.isclose(r["rate"], at))
-            ),
-            None,
-        )
+        return _find_row(rows, MAIN_DATASET, method, at)
 
     ours, full = find("hyco", rate), find("full", None)
     llmlingua, efilter = find("llmlingua", rate), find("embeddings_filter", rate)
@@ -801,19 +805,6 @@ def targets(rows: Sequence[dict[str, Any]], rate: float = 1 / 8) -> dict[str, An
             "met": best >= 10_000,
         }
     return result
-
-
-def _find_row(rows: Sequence[dict[str, Any]], dataset: str, method: str, at: float | None) -> dict[str, Any] | None:
-    return next(
-        (
-            r
-            for r in rows
-            if r["dataset"] == dataset
-            and r["method"] == method
-            and (r["rate"] is None if at is None else r["rate"] is not None and math.isclose(r["rate"], at))
-        ),
-        None,
-    )
 
 
 def compressor_targets(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
